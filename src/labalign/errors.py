@@ -1,0 +1,51 @@
+"""The one error type that library code raises for bad input; the CLI prints it as one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LabalignError(Exception):
+    """A problem the user can fix: names the file (and line) at fault and what to do."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | Path | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = str(path) if path is not None else None
+        self.line = line
+        self.column = column
+        self.hint = hint
+
+    def __str__(self) -> str:
+        where = ""
+        if self.path is not None:
+            where = self.path
+            if self.line is not None:
+                where += f":{self.line}"
+                if self.column is not None:
+                    where += f":{self.column}"
+            where += ": "
+        text = f"{where}{self.message}"
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+
+class ConfigError(LabalignError):
+    """Bad settings: a config file, a flag or an environment variable."""
+
+
+class TaxonomyError(LabalignError):
+    """A taxonomy that cannot be read at all (validation problems are reported, not raised)."""
+
+
+class DocumentError(LabalignError):
+    """A knowledge document that cannot be fetched, read or chunked."""
