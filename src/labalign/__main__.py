@@ -1,0 +1,5 @@
+"""`python -m labalign` runs the CLI."""
+
+from labalign.cli import main
+
+main()

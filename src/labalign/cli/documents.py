@@ -1,0 +1,171 @@
+"""`labalign documents ...`: look at the documents of a knowledge leaf and how they are chunked."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from labalign import yamlsafe
+from labalign.cli._common import OutputFormat, console, err_console, print_json, settings
+from labalign.documents import (
+    DocumentSource,
+    chunk_documents,
+    resolve_documents,
+    token_counter,
+)
+from labalign.documents.security import redact
+from labalign.errors import DocumentError
+
+app = typer.Typer(
+    name="documents",
+    help="Fetch, read and chunk the source documents of knowledge leaves.\n\n"
+    "Example: labalign documents chunk knowledge/geography/vellmoor --taxonomy taxonomy/",
+    no_args_is_help=True,
+)
+
+
+@app.callback()
+def _group() -> None:
+    # A callback keeps `chunk` a subcommand (a Typer with one command would run it directly).
+    pass
+
+
+@app.command("chunk")
+def chunk_command(
+    ctx: typer.Context,
+    leaf: Annotated[Path, typer.Argument(help="A knowledge qna.yaml, or the folder that holds it.")],
+    taxonomy: Annotated[
+        Path | None,
+        typer.Option("--taxonomy", "-t", help="Taxonomy root; a relative LEAF is looked up under it first."),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens", min=16, help="Token budget of a chunk (default: settings documents.chunk_tokens)."
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            "--tokenizer",
+            help="tokenizer.json or Hugging Face model folder to count tokens with "
+            "(default: documents.tokenizer, else a conservative estimate).",
+        ),
+    ] = None,
+    offline: Annotated[
+        bool | None,
+        typer.Option("--offline", help="Do not fetch; remote documents not in the cache are skipped."),
+    ] = None,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="text: a table; json: a list of chunk objects.")
+    ] = OutputFormat.text,
+) -> None:
+    """Resolve, read and chunk the documents of one knowledge leaf, and show the chunks.
+
+    Example: labalign documents chunk examples/taxonomy/knowledge/history/quillmarrow_island --max-tokens 300
+    """
+    s = settings(
+        ctx,
+        **{
+            "documents.chunk_tokens": max_tokens,
+            "documents.tokenizer": tokenizer,
+            "taxonomy.offline": offline,
+        },
+    )
+    budget = s.documents.chunk_tokens
+    leaf_file = _leaf_file(leaf, taxonomy)
+    source = read_leaf_document(leaf_file)
+    files = resolve_documents(
+        source,
+        base_dir=leaf_file.parent,
+        cache_dir=s.cache_dir,
+        offline=s.taxonomy.offline,
+        max_file_bytes=int(s.documents.max_file_mb * 2**20),
+    )
+    if files is None:
+        message = (
+            f"skipped: {redact(source.repo)} is not in the cache and --offline is set "
+            "(run without it to fetch)"
+        )
+        if output_format is OutputFormat.json:
+            print_json([])
+            err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+        else:
+            console.print(message, markup=False, highlight=False, soft_wrap=True)
+        return
+    chunks = chunk_documents(files, max_tokens=budget, count_tokens=token_counter(s.documents.tokenizer))
+    if output_format is OutputFormat.json:
+        print_json([c.to_dict() for c in chunks])
+        return
+    console.print(Text(str(leaf_file), style="bold"), soft_wrap=True)
+    table = Table()
+    table.add_column("#", justify="right")
+    table.add_column("source:lines", no_wrap=True)
+    table.add_column("heading path")
+    table.add_column("tokens", justify="right")
+    table.add_column("text")
+    for chunk in chunks:
+        # Text() cells: document text is data, never rich markup ("[bold]" in a document stays as is).
+        table.add_row(
+            str(chunk.index),
+            Text(f"{chunk.source}:{chunk.start_line}-{chunk.end_line}"),
+            Text(" > ".join(chunk.heading_path)),
+            str(chunk.n_tokens),
+            Text(_preview(chunk.text)),
+        )
+    console.print(table)
+    where = redact(source.repo) + (f" @ {files[0].commit[:12]}" if files and files[0].commit else "")
+    total = sum(c.n_tokens for c in chunks)
+    largest = max((c.n_tokens for c in chunks), default=0)
+    counted = "tokenizer" if s.documents.tokenizer else "estimated"
+    console.print(
+        f"{len(chunks)} chunk{'' if len(chunks) == 1 else 's'} from {len(files)} "
+        f"file{'' if len(files) == 1 else 's'} of {where}: {total} tokens ({counted}), "
+        f"largest {largest}, budget {budget}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _preview(text: str, width: int = 60) -> str:
+    flat = re.sub(r"\s+", " ", text).strip()
+    return flat if len(flat) <= width else flat[: width - 1] + "\u2026"
+
+
+def _leaf_file(leaf: Path, taxonomy: Path | None) -> Path:
+    path = leaf.expanduser()
+    if taxonomy is not None and not path.is_absolute() and (taxonomy / path).exists():
+        path = taxonomy / path
+    if path.is_dir():
+        path = path / "qna.yaml"
+    if not path.is_file():
+        raise DocumentError(
+            f"no knowledge leaf at {path}",
+            hint="pass a qna.yaml file or its folder (relative to --taxonomy or the current folder)",
+        )
+    return path
+
+
+def read_leaf_document(path: Path) -> DocumentSource:
+    """The `document` block of a qna.yaml. Only that block is checked: chunking a leaf's documents
+    should work while its seed examples are still being written."""
+    try:
+        doc = yamlsafe.load(path)
+    except yamlsafe.YamlError as exc:
+        raise DocumentError(
+            f"invalid YAML: {exc.message}", path=path, line=exc.line, column=exc.column, hint=exc.hint
+        ) from None
+    data = doc.data
+    if not isinstance(data, dict) or "document" not in data:
+        raise DocumentError(
+            "this leaf has no document block",
+            path=path,
+            hint="only knowledge leaves (knowledge/.../qna.yaml) have one: {repo, commit, patterns}",
+        )
+    return DocumentSource.from_mapping(data["document"], path=path)
