@@ -6,17 +6,21 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from labalign.cli._common import OutputFormat, console, print_json, settings
+from labalign.cli._common import OutputFormat, console, err_console, print_json, settings
 from labalign.documents import resolve_documents
 from labalign.errors import TaxonomyError
 from labalign.taxonomy import (
     Leaf,
+    TaxonomyFile,
     ValidationOptions,
     ValidationReport,
+    ValidationResult,
     changed_files,
+    discover,
     validate_files,
     validate_paths,
 )
@@ -30,6 +34,24 @@ _ROOT = typer.Option(None, "--taxonomy", "-t", help="Taxonomy root (default: set
 _FOUNDATIONAL = typer.Option(
     None, "--include-foundational/--no-foundational", help="Also read foundational_skills/."
 )
+
+
+def _validate_with_progress(files: list[TaxonomyFile], options: ValidationOptions) -> ValidationResult:
+    """Validate with a progress bar on stderr (shown on a terminal only; document fetches can be slow)."""
+    with Progress(
+        TextColumn("validating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        console=err_console,
+        transient=True,
+        disable=len(files) < 2,
+    ) as progress:
+        task = progress.add_task("", total=len(files))
+        return validate_files(
+            files, options, on_file=lambda tf: progress.update(task, advance=1, description=tf.relpath)
+        )
 
 
 def _print_report(report: ValidationReport) -> None:
@@ -67,7 +89,9 @@ def validate(
             "taxonomy.include_foundational": include_foundational,
         },
     )
-    result = validate_paths(paths or [s.taxonomy.path], ValidationOptions.from_settings(s))
+    options = ValidationOptions.from_settings(s)
+    files = discover(paths or [s.taxonomy.path], include_foundational=options.include_foundational)
+    result = _validate_with_progress(files, options)
     if fmt is OutputFormat.json:
         print_json(result.report.as_dict())
     else:
@@ -100,7 +124,9 @@ def diff(
     result = changed_files(
         root or s.taxonomy.path, base, include_foundational=s.taxonomy.include_foundational
     )
-    report = validate_files(result.files, ValidationOptions.from_settings(s)).report if check else None
+    report = (
+        _validate_with_progress(result.files, ValidationOptions.from_settings(s)).report if check else None
+    )
     if fmt is OutputFormat.json:
         out: dict[str, object] = {"base": result.base, "changed": [f.relpath for f in result.files]}
         if report is not None:

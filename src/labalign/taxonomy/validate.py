@@ -70,13 +70,20 @@ def validate_paths(paths: Iterable[Path], options: ValidationOptions | None = No
     return validate_files(files, options)
 
 
-def validate_files(files: Iterable[TaxonomyFile], options: ValidationOptions) -> ValidationResult:
+def validate_files(
+    files: Iterable[TaxonomyFile],
+    options: ValidationOptions,
+    on_file: Callable[[TaxonomyFile], None] | None = None,
+) -> ValidationResult:
+    """Validate the given files; `on_file` is called after each one (progress display)."""
     count = token_counter(options.tokenizer)
     report = ValidationReport()
     leaves: list[Leaf] = []
     for tf in files:
         file_report, leaf = validate_file(tf, options, count)
         report.files.append(file_report)
+        if on_file is not None:
+            on_file(tf)
         if leaf is not None:
             leaves.append(leaf)
     return ValidationResult(report, leaves)
