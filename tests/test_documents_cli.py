@@ -24,7 +24,7 @@ GIT_ENV = {
     "GIT_CONFIG_NOSYSTEM": "1",
 }
 
-DOC = "# Vellmoor\n\nAn island.\n\n## Harbor\n\nForty boats [bold]fish[/bold] here.\n"
+DOC = "# Vellmoor\n\nAn island.\n\n## Harbor [bold]North[/bold]\n\nForty boats fish here.\n"
 
 
 def leaf(root: Path, document: str, name: str = "knowledge/geo/vellmoor") -> Path:
@@ -43,12 +43,12 @@ def local_leaf(tmp_path: Path) -> Path:
 
 
 def test_table_output(local_leaf: Path) -> None:
-    result = runner.invoke(app, ["chunk", str(local_leaf), "--max-tokens", "20"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["chunk", str(local_leaf), "--max-tokens", "24"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "vellmoor.md:1-3" in result.output and "vellmoor.md:5-7" in result.output
-    assert "Vellmoor > Harbor" in result.output
-    assert "[bold]fish[/bold]" in result.output  # document text is not rich markup
-    assert "2 chunks from 1 file of docs" in result.output and "budget 20" in result.output
+    # The shared title is left out; a heading is data, never rich markup.
+    assert "Harbor [bold]North[/bold]" in result.output and "Vellmoor > Harbor" not in result.output
+    assert "2 chunks from 1 file of " in result.output and "budget 24" in result.output
 
 
 def test_json_output_and_taxonomy_relative_leaf(local_leaf: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated
 
@@ -104,22 +103,26 @@ def chunk_command(
         return
     console.print(Text(str(leaf_file), style="bold"), soft_wrap=True)
     table = Table()
-    table.add_column("#", justify="right")
+    table.add_column("#", justify="right", no_wrap=True)
     table.add_column("source:lines", no_wrap=True)
-    table.add_column("heading path")
-    table.add_column("tokens", justify="right")
-    table.add_column("text")
+    table.add_column("tokens", justify="right", no_wrap=True)
+    table.add_column("section", overflow="fold")
+    titles = {c.heading_path[0] for c in chunks if c.heading_path}
     for chunk in chunks:
+        # The document title heads every chunk when there is one: show the section below it.
+        path = (
+            chunk.heading_path[1:] if len(titles) == 1 and len(chunk.heading_path) > 1 else chunk.heading_path
+        )
         # Text() cells: document text is data, never rich markup ("[bold]" in a document stays as is).
         table.add_row(
             str(chunk.index),
             Text(f"{chunk.source}:{chunk.start_line}-{chunk.end_line}"),
-            Text(" > ".join(chunk.heading_path)),
             str(chunk.n_tokens),
-            Text(_preview(chunk.text)),
+            Text(" > ".join(path)),
         )
     console.print(table)
-    where = redact(source.repo) + (f" @ {files[0].commit[:12]}" if files and files[0].commit else "")
+    folder = redact(source.repo) if files and files[0].commit else str(files[0].path.parent if files else "")
+    where = folder + (f" @ {files[0].commit[:12]}" if files and files[0].commit else "")
     total = sum(c.n_tokens for c in chunks)
     largest = max((c.n_tokens for c in chunks), default=0)
     counted = "tokenizer" if s.documents.tokenizer else "estimated"
@@ -131,11 +134,6 @@ def chunk_command(
         highlight=False,
         soft_wrap=True,
     )
-
-
-def _preview(text: str, width: int = 60) -> str:
-    flat = re.sub(r"\s+", " ", text).strip()
-    return flat if len(flat) <= width else flat[: width - 1] + "\u2026"
 
 
 def _leaf_file(leaf: Path, taxonomy: Path | None) -> Path:
