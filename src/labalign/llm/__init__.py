@@ -1,0 +1,13 @@
+"""Models behind one async interface: OpenAI-compatible servers, llama.cpp and transformers in-process."""
+
+from labalign.llm.types import (
+    Backend,
+    Choice,
+    GenerationParams,
+    LLMError,
+    LLMRequest,
+    LLMResult,
+    Message,
+)
+
+__all__ = ["Backend", "Choice", "GenerationParams", "LLMError", "LLMRequest", "LLMResult", "Message"]
