@@ -64,15 +64,7 @@ def parse(text: str, *, path: str | Path) -> YamlDocument:
     try:
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise YamlError(
-            f"YAML syntax error: {problem}",
-            path=path,
-            line=mark.line + 1 if mark else None,
-            column=mark.column + 1 if mark else None,
-            hint="fix the indentation or quoting at that spot",
-        ) from exc
+        raise _marked(exc, "YAML syntax error", path, "fix the indentation or quoting at that spot") from exc
     except yaml.YAMLError as exc:
         raise YamlError(f"YAML syntax error: {exc}", path=path) from exc
     except RecursionError as exc:
@@ -83,18 +75,24 @@ def parse(text: str, *, path: str | Path) -> YamlDocument:
     try:
         data = _Loader(text).construct_document(root)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise YamlError(
-            f"YAML value cannot be read: {exc.problem or exc.context}",
-            path=path,
-            line=mark.line + 1 if mark else None,
-            column=mark.column + 1 if mark else None,
-            hint="only plain strings, numbers, lists and mappings are allowed",
-        ) from exc
+        hint = "only plain strings, numbers, lists and mappings are allowed"
+        raise _marked(exc, "YAML value cannot be read", path, hint) from exc
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
         # SafeConstructor raises ValueError/OverflowError on e.g. out-of-range dates.
         raise YamlError(f"YAML value cannot be read: {exc}", path=path) from exc
     return YamlDocument(data=data, root=root, text=text)
+
+
+def _marked(exc: yaml.MarkedYAMLError, what: str, path: str | Path, hint: str) -> YamlError:
+    """A YamlError at the position PyYAML marked."""
+    mark = exc.problem_mark or exc.context_mark
+    return YamlError(
+        f"{what}: {exc.problem or exc.context or 'invalid YAML'}",
+        path=path,
+        line=mark.line + 1 if mark else None,
+        column=mark.column + 1 if mark else None,
+        hint=hint,
+    )
 
 
 def load(path: Path, *, max_bytes: int = MAX_YAML_BYTES) -> YamlDocument:
