@@ -21,6 +21,8 @@ from pydantic_settings import (
 
 from labalign import yamlsafe
 from labalign.errors import ConfigError
+from labalign.llm.settings import LLMSettings
+from labalign.sdg.settings import SDGSettings
 
 CONFIG_FILE_NAME = "labalign.yaml"
 ENV_PREFIX = "LABALIGN_"
@@ -91,6 +93,8 @@ class Settings(BaseSettings):
     teacher: TeacherSettings = Field(default_factory=TeacherSettings)
     taxonomy: TaxonomySettings = Field(default_factory=TaxonomySettings)
     documents: DocumentSettings = Field(default_factory=DocumentSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    sdg: SDGSettings = Field(default_factory=SDGSettings)
 
     @classmethod
     def settings_customise_sources(

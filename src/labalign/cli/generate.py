@@ -1,0 +1,298 @@
+"""`labalign generate` and `labalign data`: synthetic data from a taxonomy, and a look at it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from labalign.cli._common import OutputFormat, console, err_console, print_json, settings
+from labalign.config import Settings
+from labalign.documents import chunk_documents, read_document, resolve_documents, token_counter
+from labalign.errors import LabalignError
+from labalign.llm.types import Backend
+from labalign.sdg.generate import GenerateOptions, GenerateResult, LeafInput, generate
+from labalign.sdg.pipeline import Pipeline, PipelineKind, load_pipeline
+from labalign.taxonomy import Leaf, ValidationOptions, load_leaves
+
+data_app = typer.Typer(name="data", help="Inspect generated datasets.", no_args_is_help=True)
+
+
+def _select(leaves: list[Leaf], wanted: list[str] | None) -> list[Leaf]:
+    if not wanted:
+        return leaves
+    chosen = [
+        leaf
+        for leaf in leaves
+        if any(leaf.name == w.strip("/") or leaf.name.startswith(w.strip("/") + "/") for w in wanted)
+    ]
+    if not chosen:
+        raise LabalignError(
+            f"no leaf matches --leaves {' '.join(wanted)}",
+            hint=f"leaves are: {', '.join(leaf.name for leaf in leaves)}",
+        )
+    return chosen
+
+
+def leaf_inputs(leaves: list[Leaf], s: Settings) -> list[LeafInput]:
+    """Each leaf with its document chunks (knowledge), resolved and chunked per the settings."""
+    count = token_counter(s.documents.tokenizer)
+    jobs: list[LeafInput] = []
+    for leaf in leaves:
+        if leaf.document is None:
+            jobs.append(LeafInput(leaf))
+            continue
+        files = resolve_documents(
+            leaf.document,
+            base_dir=leaf.path.parent,
+            cache_dir=s.cache_dir,
+            offline=s.taxonomy.offline,
+            max_file_bytes=int(s.documents.max_file_mb * 2**20),
+        )
+        if files is None:
+            raise LabalignError(
+                f"documents of {leaf.name} are remote and not cached, and --offline is set",
+                path=leaf.path,
+                hint="run once without --offline to fetch them",
+            )
+        for f in files:
+            read_document(f)  # fail early, naming the file, before any teacher call
+        chunks = chunk_documents(files, max_tokens=s.documents.chunk_tokens, count_tokens=count)
+        if s.sdg.max_chunks is not None:
+            chunks = chunks[: s.sdg.max_chunks]
+        doc = {
+            "repo": leaf.document.repo,
+            "commit": files[0].commit if files else leaf.document.commit,
+            "patterns": list(leaf.document.patterns),
+        }
+        jobs.append(LeafInput(leaf, chunks, doc))
+    return jobs
+
+
+def open_teacher(spec: str, s: Settings, cache_path: Path | None) -> Backend:
+    """The model behind a spec, behind the request cache when one is given (resume without re-asking)."""
+    from labalign.llm.cache import CachedBackend
+    from labalign.llm.resolve import open_backend
+
+    backend = open_backend(spec, settings=s.llm, cache_dir=s.cache_dir)
+    return CachedBackend(backend, cache_path) if cache_path is not None else backend
+
+
+async def run_generation(
+    jobs: list[LeafInput], teacher: Backend, judge: Backend | None, out: Path, options: GenerateOptions
+) -> GenerateResult:
+    """Generate with one progress bar per leaf (stage, rows done of rows in the stage, ETA)."""
+    with Progress(
+        TextColumn("{task.fields[leaf]}", style="bold"),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+    ) as progress:
+        tasks: dict[str, TaskID] = {
+            j.leaf.name: progress.add_task("waiting", total=None, leaf=j.leaf.name) for j in jobs
+        }
+
+        def on_event(leaf: str, block: str, done: int, total: int) -> None:
+            progress.update(tasks[leaf], description=block, completed=done, total=total)
+
+        try:
+            return await generate(
+                jobs, teacher=teacher, judge=judge, out_dir=out, options=options, on_event=on_event
+            )
+        finally:
+            await teacher.aclose()
+            if judge is not None and judge is not teacher:
+                await judge.aclose()
+
+
+def funnel_table(stats: dict[str, Any]) -> Table:
+    table = Table(title="generation funnel")
+    for name in ("leaf / stage", "in", "out", "dropped (why)"):
+        table.add_column(name, justify="right" if name in ("in", "out") else "left", overflow="fold")
+    for leaf in stats["leaves"]:
+        table.add_section()
+        table.add_row(
+            Text(leaf["leaf"], style="bold"),
+            "",
+            str(leaf["kept"]),
+            f"kept for training, {leaf['heldout']} held out, {leaf['rounds']} rounds, "
+            f"{leaf['teacher_calls']} teacher calls",
+        )
+        for stage in leaf["stages"]:
+            why = ", ".join(f"{k} {v}" for k, v in stage["dropped"].items() if v)
+            table.add_row(Text("  " + stage["block"]), str(stage["in"]), str(stage["out"]), Text(why))
+    return table
+
+
+def _empty_leaf_warnings(stats: dict[str, Any]) -> list[str]:
+    out = []
+    for leaf in stats["leaves"]:
+        if leaf["kept"] == 0:
+            worst = max(leaf["stages"], key=lambda s: s["in"] - s["out"], default=None)
+            where = f"; most rows were lost at {worst['block']} ({worst['dropped']})" if worst else ""
+            out.append(f"leaf {leaf['leaf']} produced no samples{where}")
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate_command)
+    app.add_typer(data_app)
+
+
+def generate_command(
+    ctx: typer.Context,
+    taxonomy: Annotated[Path, typer.Argument(help="Taxonomy root.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (re-run to resume).")],
+    teacher: Annotated[
+        str | None, typer.Option("--teacher", help="Teacher model spec (default: settings).")
+    ] = None,
+    judge: Annotated[
+        str | None, typer.Option("--judge", help="Judge model spec (default: the teacher).")
+    ] = None,
+    samples_per_leaf: Annotated[int | None, typer.Option("--samples-per-leaf", "-n", min=1)] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    leaves: Annotated[
+        list[str] | None, typer.Option("--leaves", help="Only these leaves (or folders).")
+    ] = None,
+    pipeline: Annotated[
+        list[Path] | None,
+        typer.Option("--pipeline", help="Pipeline YAML replacing the built-in one of its kind (repeatable)."),
+    ] = None,
+    offline: Annotated[bool | None, typer.Option("--offline", help="Do not fetch remote documents.")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not use the request cache.")] = False,
+) -> None:
+    """Generate training data from a taxonomy with a teacher model, then filter, dedup and mix it.
+
+    Writes DIR/phase1.jsonl (knowledge), DIR/phase2.jsonl (skills + replay), DIR/heldout.jsonl,
+    DIR/leaves/<leaf>/samples.jsonl and DIR/stats.json. Killed? Run the same command again: every
+    teacher answer already received is reused and the output is the same.
+
+    Example: labalign generate examples/taxonomy --teacher default --samples-per-leaf 4 --seed 3 --out data/
+    """
+    s = settings(
+        ctx,
+        **{
+            "teacher.model": teacher,
+            "sdg.judge": judge,
+            "sdg.samples_per_leaf": samples_per_leaf,
+            "sdg.seed": seed,
+            "taxonomy.offline": offline,
+        },
+    )
+    chosen = _select(load_leaves([taxonomy], ValidationOptions.from_settings(s)), leaves)
+    pipelines: dict[PipelineKind, Pipeline] = {}
+    for path in pipeline or []:
+        p = load_pipeline(path)
+        pipelines[p.config.kind] = p
+    jobs = leaf_inputs(chosen, s)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = None if no_cache else out / "cache.sqlite"
+    teacher_backend = open_teacher(s.teacher.model, s, cache)
+    judge_backend = open_teacher(s.sdg.judge, s, cache) if s.sdg.judge else None
+    chat = None if s.sdg.teacher_format == "auto" else s.sdg.teacher_format == "chat"
+    options = GenerateOptions(
+        samples_per_leaf=s.sdg.samples_per_leaf,
+        seed=s.sdg.seed,
+        heldout_fraction=s.sdg.heldout_fraction,
+        replay_fraction=s.sdg.replay_fraction,
+        system_prompt=s.sdg.system_prompt,
+        context_variants=s.sdg.context_variants,
+        chat=chat,
+        pipelines=pipelines,
+    )
+    result = asyncio.run(run_generation(jobs, teacher_backend, judge_backend, out, options))
+    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    console.print(funnel_table(stats))
+    for warning in _empty_leaf_warnings(stats):
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    console.print(
+        f"phase1.jsonl: {len(result.phase1)} records, phase2.jsonl: {len(result.phase2)} records "
+        f"-> {escape(str(out))}",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+@data_app.command("stats")
+def data_stats(
+    out: Annotated[Path, typer.Argument(help="A folder written by `labalign generate`.")],
+    fmt: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.text,
+) -> None:
+    """Show the generation funnel and record counts of a generated dataset.
+
+    Example: labalign data stats data/
+    """
+    stats = _read_stats(out)
+    counts: dict[str, dict[str, int]] = {}
+    for phase in ("phase1", "phase2"):
+        for rec in _read_jsonl(out / f"{phase}.jsonl"):
+            variant = rec.get("metadata", {}).get("variant", "?")
+            counts.setdefault(phase, {}).setdefault(variant, 0)
+            counts[phase][variant] += 1
+    if fmt is OutputFormat.json:
+        print_json({**stats, "records": counts})
+        return
+    console.print(funnel_table(stats))
+    for phase, by_variant in counts.items():
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(by_variant.items()))
+        console.print(f"{phase}: {sum(by_variant.values())} records ({parts})", highlight=False)
+
+
+@data_app.command("show")
+def data_show(
+    out: Annotated[Path, typer.Argument(help="A folder written by `labalign generate`.")],
+    leaf: Annotated[str, typer.Option("--leaf", help="Leaf name, as in `labalign taxonomy list`.")],
+    n: Annotated[int, typer.Option("-n", min=1, help="How many samples.")] = 5,
+) -> None:
+    """Print generated samples of one leaf, with their scores and provenance.
+
+    Example: labalign data show data/ --leaf compositional_skills/writing/formal_business_rewrite -n 3
+    """
+    path = out / "leaves" / leaf.strip("/") / "samples.jsonl"
+    if not path.is_file():
+        known = sorted(
+            p.parent.relative_to(out / "leaves").as_posix() for p in (out / "leaves").rglob("samples.jsonl")
+        )
+        raise LabalignError(
+            f"no samples for leaf {leaf!r}", path=out, hint=f"leaves: {', '.join(known) or 'none'}"
+        )
+    for rec in list(_read_jsonl(path))[:n]:
+        body = Text()
+        for m in rec["messages"]:
+            body.append(f"{m['role']}: ", style="bold cyan" if m["role"] == "user" else "bold green")
+            body.append(m["content"].strip() + "\n")
+        meta = rec["metadata"]
+        subtitle = f"{meta.get('variant', '')} · scores {meta.get('scores', {})} · {meta.get('sample', '')}"
+        console.print(Panel(body, title=rec["id"], subtitle=Text(subtitle), title_align="left"))
+
+
+def _read_stats(out: Path) -> dict[str, Any]:
+    path = out / "stats.json"
+    if not path.is_file():
+        raise LabalignError(
+            "no stats.json here", path=out, hint="run `labalign generate ... --out` on it first"
+        )
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise LabalignError(f"not a JSON line: {exc.msg}", path=path, line=i) from exc
+    return out

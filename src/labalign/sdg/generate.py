@@ -1,0 +1,250 @@
+"""Synthetic data generation over a whole taxonomy: every leaf in one event loop, then the mixes.
+
+Determinism: row ids, seed-example picks and request seeds derive from `--seed` and the leaf, and
+the request cache returns the same answer for the same request, so a killed run re-run with the same
+command writes byte-identical files without repeating a teacher call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labalign.documents import Chunk
+from labalign.llm.types import Backend
+from labalign.sdg import mix
+from labalign.sdg.blocks import BlockContext, LLMBlockConfig, run_block
+from labalign.sdg.dedup import NearDuplicateIndex
+from labalign.sdg.pipeline import Pipeline, PipelineKind, builtin_pipeline
+from labalign.sdg.rows import ROW_ID, Row
+from labalign.sdg.seeding import rows_for_round, seed_texts
+from labalign.sdg.stats import LeafStats
+from labalign.taxonomy import Leaf
+
+# (leaf, block, rows done, rows total): drives the progress display.
+EventCallback = Callable[[str, str, int, int], None]
+SCORE_COLUMNS = ("question_score", "pair_score", "faithful", "relevancy")
+
+
+@dataclass
+class GenerateOptions:
+    samples_per_leaf: int = 20
+    seed: int = 42
+    heldout_fraction: float = 0.1
+    replay_fraction: float = 0.5
+    system_prompt: str = ""
+    context_variants: bool = True
+    chat: bool | None = None  # None: chat for OpenAI-compatible teachers, raw completion otherwise
+    pipelines: dict[PipelineKind, Pipeline] = field(default_factory=dict)
+
+
+@dataclass
+class LeafInput:
+    leaf: Leaf
+    chunks: list[Chunk] = field(default_factory=list)
+    document: dict[str, Any] | None = None  # repo/commit/patterns for provenance
+
+
+@dataclass
+class LeafOutput:
+    leaf: Leaf
+    stats: LeafStats
+    train: list[Row]
+    heldout: list[Row]
+
+
+@dataclass
+class GenerateResult:
+    out_dir: Path
+    leaves: list[LeafOutput]
+    phase1: list[mix.Record]
+    phase2: list[mix.Record]
+
+    @property
+    def stats(self) -> list[LeafStats]:
+        return [leaf.stats for leaf in self.leaves]
+
+
+def heldout_count(samples: int, fraction: float) -> int:
+    return 0 if fraction <= 0 else max(1, round(samples * fraction))
+
+
+def _pipeline_for(leaf: Leaf, options: GenerateOptions) -> Pipeline:
+    return options.pipelines.get(leaf.kind) or builtin_pipeline(leaf.kind)
+
+
+async def _run_leaf(
+    job: LeafInput, teacher: Backend, judge: Backend, options: GenerateOptions, on_event: EventCallback | None
+) -> LeafOutput:
+    leaf = job.leaf
+    pipeline = _pipeline_for(leaf, options)
+    config = pipeline.config
+    stats = LeafStats(leaf.name)
+    chat = options.chat if options.chat is not None else teacher.identity.startswith("openai:")
+    texts = seed_texts(leaf)
+    ctx = BlockContext(
+        leaf=leaf.name,
+        teacher=teacher,
+        judge=judge,
+        prompts=pipeline.prompts,
+        stats=stats,
+        seed=options.seed,
+        chat=chat,
+        seed_texts=texts,
+    )
+    wanted = options.samples_per_leaf + heldout_count(options.samples_per_leaf, options.heldout_fraction)
+    across_rounds = NearDuplicateIndex(0.7)
+    for text in texts["question"]:
+        across_rounds.add(text)
+    kept: list[Row] = []
+    if leaf.kind == "knowledge" and not job.chunks:
+        stats.stage("documents").dropped["no_document_chunks"] += 1
+    for round_no in range(config.max_rounds):
+        missing = wanted - len(kept)
+        if missing <= 0:
+            break
+        rows = rows_for_round(
+            leaf, config, needed=missing, round_no=round_no, seed=options.seed, chunks=job.chunks
+        )
+        if not rows:
+            break
+        stats.rounds = round_no + 1
+        for block in config.blocks:
+            total = len(rows) * (block.n if isinstance(block, LLMBlockConfig) else 1)
+            if on_event is not None:
+                on_event(leaf.name, block.name, 0, total)
+                ctx.on_progress = lambda name, done, t=total: on_event(leaf.name, name, done, t)
+            rows = await run_block(block, rows, ctx)
+            if not rows:
+                break
+        for row in rows:
+            if across_rounds.find(str(row["question"])) is None:
+                across_rounds.add(str(row["question"]))
+                kept.append(row)
+            else:
+                stats.stage("dedup_across_rounds").dropped["near_duplicate"] += 1
+    kept = kept[:wanted]
+    # Training gets its full share first; the held-out split takes what is left beyond it.
+    n_train = min(len(kept), options.samples_per_leaf)
+    stats.kept, stats.heldout = n_train, len(kept) - n_train
+    if on_event is not None:
+        on_event(leaf.name, "done", len(kept), wanted)
+    return LeafOutput(leaf, stats, kept[:n_train], kept[n_train:])
+
+
+def _prompt_hash(pipeline: Pipeline) -> str:
+    h = hashlib.sha256(pipeline.path.read_bytes())
+    for block in pipeline.config.blocks:
+        if isinstance(block, LLMBlockConfig):
+            source, _, _ = pipeline.prompts.env.loader.get_source(pipeline.prompts.env, block.prompt)  # type: ignore[union-attr]
+            h.update(source.encode())
+    return h.hexdigest()[:16]
+
+
+def _provenance(
+    row: Row, job: LeafInput, pipeline: Pipeline, teacher: Backend, judge: Backend
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "leaf": job.leaf.name,
+        "kind": job.leaf.kind,
+        "sample": row[ROW_ID],
+        "round": row.get("round"),
+        "seed_examples": [e["index"] for e in row.get("examples", [])],
+        "teacher": teacher.identity,
+        "judge": judge.identity,
+        "pipeline": pipeline.config.name,
+        "pipeline_hash": _prompt_hash(pipeline),
+        "scores": {k: row[k] for k in SCORE_COLUMNS if k in row},
+    }
+    if job.leaf.kind == "knowledge":
+        meta["document"] = {
+            **(job.document or {}),
+            "source": row.get("chunk_source"),
+            "chunk_index": row.get("chunk_index"),
+            "lines": row.get("chunk_lines"),
+            "heading": row.get("heading"),
+        }
+        meta["context_kind"] = row.get("context_kind")
+    return meta
+
+
+def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Atomic: a kill never leaves a half-written file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+async def generate(
+    jobs: Sequence[LeafInput],
+    *,
+    teacher: Backend,
+    out_dir: Path,
+    judge: Backend | None = None,
+    options: GenerateOptions | None = None,
+    on_event: EventCallback | None = None,
+) -> GenerateResult:
+    """Run every leaf's pipeline concurrently and write samples, held-out splits, mixes and stats."""
+    options = options or GenerateOptions()
+    judge = judge or teacher
+    outputs = await asyncio.gather(*(_run_leaf(j, teacher, judge, options, on_event) for j in jobs))
+    phase1: list[mix.Record] = []
+    skills: list[mix.Record] = []
+    for job, output in zip(jobs, outputs, strict=True):
+        pipeline = _pipeline_for(job.leaf, options)
+        leaf_records: list[mix.Record] = []
+        for row in output.train:
+            meta = _provenance(row, job, pipeline, teacher, judge)
+            leaf_records += mix.sample_records(
+                row, meta, options.system_prompt, context_variant=options.context_variants
+            )
+        if job.leaf.kind == "knowledge":
+            base = {"leaf": job.leaf.name, "kind": "knowledge", "teacher": teacher.identity}
+            leaf_records += mix.augmentation_records(output.train, base, options.system_prompt)
+            phase1 += leaf_records
+        else:
+            skills += leaf_records
+        folder = out_dir / "leaves" / job.leaf.name
+        _write_jsonl(folder / "samples.jsonl", leaf_records)
+        _write_jsonl(folder / "heldout.jsonl", [_heldout(row, job.leaf) for row in output.heldout])
+    phase1 = mix.shuffled(phase1, options.seed, "phase1")
+    phase2 = mix.shuffled(
+        skills + mix.replay(phase1, options.replay_fraction, options.seed), options.seed, "phase2"
+    )
+    _write_jsonl(out_dir / "phase1.jsonl", phase1)
+    _write_jsonl(out_dir / "phase2.jsonl", phase2)
+    _write_jsonl(out_dir / "heldout.jsonl", [_heldout(r, o.leaf) for o in outputs for r in o.heldout])
+    result = GenerateResult(out_dir, list(outputs), phase1, phase2)
+    write_stats(result, teacher, judge, options)
+    return result
+
+
+def _heldout(row: Row, leaf: Leaf) -> dict[str, Any]:
+    out: dict[str, Any] = {"leaf": leaf.name, "question": row["question"], "reference": row["answer"]}
+    if leaf.kind != "freeform_skill":
+        out["context"] = row.get("context") if leaf.kind == "grounded_skill" else row.get("chunk")
+    return out
+
+
+def write_stats(result: GenerateResult, teacher: Backend, judge: Backend, options: GenerateOptions) -> None:
+    data = {
+        "teacher": teacher.identity,
+        "judge": judge.identity,
+        "seed": options.seed,
+        "samples_per_leaf": options.samples_per_leaf,
+        "phase1_records": len(result.phase1),
+        "phase2_records": len(result.phase2),
+        "leaves": [s.as_dict() for s in result.stats],
+    }
+    tmp = result.out_dir / "stats.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, result.out_dir / "stats.json")

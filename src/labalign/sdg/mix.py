@@ -1,0 +1,93 @@
+"""Training records and the LAB mixes: phase 1 = knowledge, phase 2 = skills + replay of phase 1.
+
+Every record is exactly `{id, messages: [{role, content}], metadata, unmask}`: the shape InstructLab
+training, TRL and most SFT tools read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from labalign.sdg.rows import Row, stable_int
+
+Record = dict[str, Any]
+
+CONTEXT_PROMPT = "Answer the question using the context.\n\nContext:\n{context}\n\nQuestion:\n{question}"
+GROUNDED_PROMPT = "{context}\n\n{question}"
+SUMMARY_PROMPTS = {
+    "summary": "Write a detailed summary of this passage.\n\n{chunk}",
+    "extractive": "Copy the most important sentences of this passage.\n\n{chunk}",
+    "facts": "List the facts stated in this passage, one per line.\n\n{chunk}",
+}
+
+
+def record(messages: list[dict[str, str]], metadata: dict[str, Any], system_prompt: str) -> Record:
+    if system_prompt:
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    body = json.dumps(messages, sort_keys=True, ensure_ascii=False)
+    rid = hashlib.sha256(f"{metadata.get('leaf', '')}\n{body}".encode()).hexdigest()[:16]
+    return {"id": rid, "messages": messages, "metadata": metadata, "unmask": False}
+
+
+def _turn(user: str, assistant: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+
+
+def sample_records(
+    row: Row, provenance: dict[str, Any], system_prompt: str, *, context_variant: bool
+) -> list[Record]:
+    """The training records one kept sample gives: its primary form (and, for knowledge, the
+    context-in-prompt variant, so the model both recalls the fact and reads it from a context)."""
+    question, answer = str(row["question"]), str(row["answer"])
+    kind = provenance["kind"]
+    if kind == "grounded_skill":
+        user = GROUNDED_PROMPT.format(context=str(row["context"]).strip(), question=question)
+        return [record(_turn(user, answer), {**provenance, "variant": "grounded"}, system_prompt)]
+    out = [record(_turn(question, answer), {**provenance, "variant": "closed_book"}, system_prompt)]
+    if kind == "knowledge" and context_variant:
+        user = CONTEXT_PROMPT.format(context=str(row["chunk"]).strip(), question=question)
+        out.append(record(_turn(user, answer), {**provenance, "variant": "context_in_prompt"}, system_prompt))
+    return out
+
+
+def augmentation_records(rows: Iterable[Row], leaf_meta: dict[str, Any], system_prompt: str) -> list[Record]:
+    """Document-grounded augmentations (summaries, key sentences, facts) once per chunk: they show
+    the student the document's content in several wordings, which LAB's knowledge phase relies on."""
+    seen: set[tuple[int, str]] = set()
+    out: list[Record] = []
+    for row in rows:
+        for column, template in SUMMARY_PROMPTS.items():
+            key = (int(row.get("chunk_index", -1)), column)
+            if key in seen or not row.get(column):
+                continue
+            seen.add(key)
+            meta = {
+                **leaf_meta,
+                "variant": f"augmentation:{column}",
+                "chunk_index": row.get("chunk_index"),
+                "chunk_source": row.get("chunk_source"),
+                "chunk_lines": row.get("chunk_lines"),
+            }
+            user = template.format(chunk=str(row["chunk"]).strip())
+            out.append(record(_turn(user, str(row[column])), meta, system_prompt))
+    return out
+
+
+def replay(phase1: Sequence[Record], fraction: float, seed: int) -> list[Record]:
+    """A seeded sample of phase 1 to mix into phase 2 (so skills training does not erase knowledge)."""
+    if fraction <= 0 or not phase1:
+        return []
+    k = min(len(phase1), max(1, round(len(phase1) * fraction)))
+    rng = random.Random(stable_int(f"{seed}/replay"))
+    picked = sorted(rng.sample(range(len(phase1)), k))
+    return [{**phase1[i], "metadata": {**phase1[i]["metadata"], "replay": True}} for i in picked]
+
+
+def shuffled(records: Sequence[Record], seed: int, name: str) -> list[Record]:
+    out = list(records)
+    random.Random(stable_int(f"{seed}/{name}")).shuffle(out)
+    return out

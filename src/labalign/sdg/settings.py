@@ -1,0 +1,37 @@
+"""Settings of synthetic data generation (the `sdg:` section of labalign.yaml)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SDGSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    samples_per_leaf: int = Field(
+        20, ge=1, description="Training samples to generate per leaf (honoured, not capped)."
+    )
+    seed: int = Field(42, description="Seed for example picks and sampling; same seed, same data.")
+    judge: str | None = Field(None, description="Judge model spec; unset: the teacher judges its own output.")
+    heldout_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Extra generated questions per leaf kept out of training, for evaluation.",
+    )
+    replay_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of phase-1 (knowledge) records replayed in phase 2."
+    )
+    system_prompt: str = Field(
+        "", description="System message put first in every training record ('' for none)."
+    )
+    context_variants: bool = Field(
+        True, description="Also train knowledge answers with the source chunk in the prompt."
+    )
+    teacher_format: Literal["auto", "chat", "completion"] = Field(
+        "auto",
+        description="How prompts reach the teacher: auto = chat for servers, completion for local models.",
+    )
+    max_chunks: int | None = Field(None, ge=1, description="Use at most this many chunks per knowledge leaf.")

@@ -1,0 +1,52 @@
+"""The funnel: how many rows entered and left each block of each leaf, and why rows were dropped."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class StageCount:
+    block: str
+    rows_in: int = 0
+    rows_out: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    kept_without_output: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"block": self.block, "in": self.rows_in, "out": self.rows_out}
+        out["dropped"] = dict(self.dropped)
+        if self.kept_without_output:
+            out["kept_without_output"] = dict(self.kept_without_output)
+        return out
+
+
+@dataclass
+class LeafStats:
+    """Counts for one leaf, in block order; every row that leaves the funnel has a reason."""
+
+    leaf: str
+    stages: dict[str, StageCount] = field(default_factory=dict)
+    teacher_calls: int = 0
+    teacher_tokens: int = 0
+    kept: int = 0
+    heldout: int = 0
+    rounds: int = 0
+
+    def stage(self, block: str) -> StageCount:
+        if block not in self.stages:
+            self.stages[block] = StageCount(block)
+        return self.stages[block]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "leaf": self.leaf,
+            "rounds": self.rounds,
+            "teacher_calls": self.teacher_calls,
+            "teacher_tokens": self.teacher_tokens,
+            "kept": self.kept,
+            "heldout": self.heldout,
+            "stages": [s.as_dict() for s in self.stages.values()],
+        }
