@@ -23,9 +23,13 @@ def _example(leaf: Leaf, index: int) -> dict[str, Any]:
     return {"index": index, "context": seed.context or "", "qna": qna, **qna[0]}
 
 
-def _pick(leaf: Leaf, rng: random.Random, k: int) -> list[dict[str, Any]]:
-    indices = rng.sample(range(len(leaf.seed_examples)), min(k, len(leaf.seed_examples)))
-    return [_example(leaf, i) for i in indices]
+def _pick(leaf: Leaf, rng: random.Random, k: int) -> dict[str, Any]:
+    """`examples` for the few-shot prompt, and a `contrast` example (another seed of the same leaf,
+    or None) that judge prompts turn into a negative: a document with an answer it does not support."""
+    n = len(leaf.seed_examples)
+    indices = rng.sample(range(n), min(k + 1, n))
+    contrast = _example(leaf, indices[k]) if len(indices) > k else None
+    return {"examples": [_example(leaf, i) for i in indices[:k]], "contrast": contrast}
 
 
 def rows_for_round(
@@ -68,7 +72,7 @@ def rows_for_round(
                     "chunk_source": chunk.source,
                     "chunk_lines": [chunk.start_line, chunk.end_line],
                     "heading": " > ".join(chunk.heading_path),
-                    "examples": _pick(leaf, rng, config.examples_per_prompt),
+                    **_pick(leaf, rng, config.examples_per_prompt),
                 }
             )
         return rows
@@ -77,7 +81,7 @@ def rows_for_round(
             {
                 **base,
                 ROW_ID: f"{leaf.name}/r{round_no}/{i}",
-                "examples": _pick(leaf, rng, config.examples_per_prompt),
+                **_pick(leaf, rng, config.examples_per_prompt),
             }
         )
     return rows
