@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -37,18 +38,30 @@ def test_version_and_help() -> None:
         assert code == 0 and "Usage" in out
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["taxonomy", "validate"],
-        ["taxonomy", "diff"],
-        ["taxonomy", "list"],
-        ["taxonomy", "show"],
-        ["config", "init"],
-        ["config", "show"],
-        ["documents", "chunk"],
-    ],
-)
+def _command_paths() -> list[list[str]]:
+    """Every leaf command of the real CLI tree, so a new command cannot skip its example."""
+    import typer.main
+
+    paths: list[list[str]] = []
+
+    def walk(command: Any, prefix: list[str]) -> None:
+        subcommands = getattr(command, "commands", None)
+        if subcommands:
+            for name, sub in subcommands.items():
+                walk(sub, [*prefix, name])
+        else:
+            paths.append(prefix)
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+def test_command_tree_is_complete() -> None:
+    names = {" ".join(p) for p in _command_paths()}
+    assert {"taxonomy validate", "documents chunk", "config show", "generate", "data show", "serve"} <= names
+
+
+@pytest.mark.parametrize("command", _command_paths(), ids=lambda p: " ".join(p))
 def test_every_command_help_has_an_example(command: list[str]) -> None:
     code, out = run(*command, "--help")
     assert code == 0 and "Example:" in out, out

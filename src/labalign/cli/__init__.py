@@ -15,6 +15,7 @@ from labalign import __version__
 from labalign.cli import config as config_cli
 from labalign.cli import documents as documents_cli
 from labalign.cli import generate as generate_cli
+from labalign.cli import serve as serve_cli
 from labalign.cli import taxonomy as taxonomy_cli
 from labalign.cli._common import CliState, err_console
 from labalign.errors import LabalignError
@@ -44,6 +45,7 @@ app.add_typer(taxonomy_cli.app)
 app.add_typer(documents_cli.app)
 app.add_typer(config_cli.app)
 generate_cli.register(app)
+serve_cli.register(app)
 
 
 def _version(value: bool) -> None:

@@ -4,10 +4,20 @@ from labalign.llm.types import (
     Backend,
     Choice,
     GenerationParams,
+    LLMCallError,
     LLMError,
     LLMRequest,
     LLMResult,
     Message,
 )
 
-__all__ = ["Backend", "Choice", "GenerationParams", "LLMError", "LLMRequest", "LLMResult", "Message"]
+__all__ = [
+    "Backend",
+    "Choice",
+    "GenerationParams",
+    "LLMCallError",
+    "LLMError",
+    "LLMRequest",
+    "LLMResult",
+    "Message",
+]

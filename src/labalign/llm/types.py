@@ -94,6 +94,14 @@ class LLMError:
     attempts: int = 1
 
 
+class LLMCallError(Exception):
+    """Raised by `Backend.stream()` when its request fails (`generate` reports errors in results instead)."""
+
+    def __init__(self, error: LLMError) -> None:
+        super().__init__(f"{error.kind}: {error.message}")
+        self.error = error
+
+
 @dataclass(frozen=True)
 class Choice:
     text: str
