@@ -18,7 +18,8 @@ from labalign.sdg.blocks import (
     ParseBlockConfig,
     run_block,
 )
-from labalign.sdg.dedup import NearDuplicateIndex, rouge_l, tokens
+from labalign.sdg.dedup import NearDuplicateIndex
+from labalign.textmetrics import rouge_l, tokens
 from labalign.sdg.pipeline import builtin_pipeline, load_pipeline
 from labalign.sdg.prompts import PromptLibrary
 from labalign.sdg.rows import Row

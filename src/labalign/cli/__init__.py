@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 from labalign import __version__
 from labalign.cli import config as config_cli
 from labalign.cli import documents as documents_cli
+from labalign.cli import evaluate as evaluate_cli
 from labalign.cli import generate as generate_cli
 from labalign.cli import serve as serve_cli
 from labalign.cli import taxonomy as taxonomy_cli
@@ -44,6 +45,7 @@ app = typer.Typer(
 app.add_typer(taxonomy_cli.app)
 app.add_typer(documents_cli.app)
 app.add_typer(config_cli.app)
+app.add_typer(evaluate_cli.app)
 generate_cli.register(app)
 serve_cli.register(app)
 

@@ -1,0 +1,179 @@
+"""Branch evaluation: the tuned model and its base answer each leaf's held-out questions; answers are
+scored against references (token F1, ROUGE-L) and, with a judge, rated 1-10; per-leaf and overall
+deltas come with bootstrap confidence intervals and win/tie/loss counts."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from labalign.evaluate.judge import judge_prompt, parse_rating
+from labalign.evaluate.questions import EvalQuestion
+from labalign.evaluate.stats import paired_delta
+from labalign.llm.types import Backend, GenerationParams, LLMRequest, LLMResult, Message
+from labalign.textmetrics import rouge_l, token_f1, tokens
+
+METRICS = ("f1", "rouge_l", "judge")
+ProgressCallback = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass
+class Scored:
+    """One model's answers to every question, with their scores (judge None when not rated)."""
+
+    identity: str
+    answers: list[str]
+    f1: list[float]
+    rouge_l: list[float]
+    judge: list[float | None] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def judge_unparseable(self) -> int:
+        return sum(1 for j in self.judge if j is None)
+
+
+async def _ask(
+    backend: Backend,
+    prompts: Sequence[str],
+    max_tokens: int,
+    system_prompt: str,
+    on_progress: ProgressCallback | None,
+    phase: str,
+) -> tuple[list[str], int]:
+    messages = [(Message("system", system_prompt),) if system_prompt else () for _ in prompts]
+    requests = [
+        # Greedy: evaluation answers must not depend on sampling luck.
+        LLMRequest(
+            messages=(*m, Message("user", p)),
+            params=GenerationParams(temperature=0.0, max_tokens=max_tokens, seed=0),
+            tag=phase,
+        )
+        for m, p in zip(messages, prompts, strict=True)
+    ]
+    done = 0
+
+    def tick(_: LLMResult) -> None:
+        nonlocal done
+        done += 1
+        if on_progress is not None:
+            on_progress(phase, done, len(requests))
+
+    results = await backend.generate(requests, on_result=tick)
+    return [r.text.strip() for r in results], sum(1 for r in results if not r.ok)
+
+
+async def score_model(
+    backend: Backend,
+    questions: Sequence[EvalQuestion],
+    *,
+    judge: Backend | None = None,
+    max_tokens: int = 256,
+    system_prompt: str = "",
+    on_progress: ProgressCallback | None = None,
+    label: str = "model",
+) -> Scored:
+    answers, errors = await _ask(
+        backend,
+        [q.prompt() for q in questions],
+        max_tokens,
+        system_prompt,
+        on_progress,
+        f"{label}: answering",
+    )
+    scored = Scored(
+        identity=backend.identity,
+        answers=answers,
+        f1=[token_f1(a, q.reference) for a, q in zip(answers, questions, strict=True)],
+        rouge_l=[rouge_l(tokens(a), tokens(q.reference)) for a, q in zip(answers, questions, strict=True)],
+        errors=errors,
+    )
+    if judge is not None:
+        prompts = [judge_prompt(q.prompt(), q.reference, a) for q, a in zip(questions, answers, strict=True)]
+        verdicts, _ = await _ask(judge, prompts, 512, "", on_progress, f"{label}: judging")
+        scored.judge = [parse_rating(v) for v in verdicts]
+    return scored
+
+
+def _summary(scored: Scored, index: Sequence[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": len(index)}
+    for metric in ("f1", "rouge_l"):
+        values = [getattr(scored, metric)[i] for i in index]
+        out[metric] = statistics.fmean(values) if values else 0.0
+    if scored.judge:
+        rated = [scored.judge[i] for i in index if scored.judge[i] is not None]
+        out["judge"] = statistics.fmean(v for v in rated if v is not None) if rated else None
+        out["judge_unparseable"] = sum(1 for i in index if scored.judge[i] is None)
+    return out
+
+
+def _deltas(model: Scored, base: Scored, index: Sequence[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for metric in ("f1", "rouge_l"):
+        out[metric] = paired_delta(
+            [getattr(model, metric)[i] for i in index], [getattr(base, metric)[i] for i in index]
+        ).as_dict()
+    if model.judge and base.judge:
+        both = [i for i in index if model.judge[i] is not None and base.judge[i] is not None]
+        out["judge"] = paired_delta(
+            [model.judge[i] or 0.0 for i in both], [base.judge[i] or 0.0 for i in both], tie=0.5
+        ).as_dict()
+    return out
+
+
+def report(
+    questions: Sequence[EvalQuestion], model: Scored, base: Scored | None, judge_identity: str | None
+) -> dict[str, Any]:
+    """Per-leaf and overall scores for both models, as one JSON-able object."""
+    everything = list(range(len(questions)))
+    leaves: dict[str, list[int]] = {}
+    for i, q in enumerate(questions):
+        leaves.setdefault(q.leaf, []).append(i)
+    out: dict[str, Any] = {
+        "models": {"model": model.identity, "base": base.identity if base else None, "judge": judge_identity},
+        "overall": {"model": _summary(model, everything)},
+        "leaves": [],
+        "errors": {"model": model.errors, "base": base.errors if base else 0},
+    }
+    if base is not None:
+        out["overall"]["base"] = _summary(base, everything)
+        out["overall"]["delta"] = _deltas(model, base, everything)
+    for name, index in leaves.items():
+        entry: dict[str, Any] = {
+            "leaf": name,
+            "kind": questions[index[0]].kind,
+            "sources": {
+                s: sum(1 for i in index if questions[i].source == s) for s in ("heldout", "generated", "seed")
+            },
+            "model": _summary(model, index),
+        }
+        if base is not None:
+            entry["base"] = _summary(base, index)
+            entry["delta"] = _deltas(model, base, index)
+        out["leaves"].append(entry)
+    return out
+
+
+def answer_records(
+    questions: Sequence[EvalQuestion], model: Scored, base: Scored | None
+) -> list[dict[str, Any]]:
+    """One record per question with both answers and their scores (for inspection, not for stdout)."""
+    out = []
+    for i, q in enumerate(questions):
+        rec: dict[str, Any] = {
+            "leaf": q.leaf,
+            "source": q.source,
+            "question": q.question,
+            "reference": q.reference,
+            "model": {"answer": model.answers[i], "f1": model.f1[i], "rouge_l": model.rouge_l[i]},
+        }
+        if model.judge:
+            rec["model"]["judge"] = model.judge[i]
+        if base is not None:
+            rec["base"] = {"answer": base.answers[i], "f1": base.f1[i], "rouge_l": base.rouge_l[i]}
+            if base.judge:
+                rec["base"]["judge"] = base.judge[i]
+        out.append(rec)
+    return out
