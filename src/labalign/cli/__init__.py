@@ -16,6 +16,7 @@ from labalign.cli import config as config_cli
 from labalign.cli import documents as documents_cli
 from labalign.cli import evaluate as evaluate_cli
 from labalign.cli import generate as generate_cli
+from labalign.cli import model as model_cli
 from labalign.cli import serve as serve_cli
 from labalign.cli import taxonomy as taxonomy_cli
 from labalign.cli._common import CliState, err_console
@@ -46,6 +47,7 @@ app.add_typer(taxonomy_cli.app)
 app.add_typer(documents_cli.app)
 app.add_typer(config_cli.app)
 app.add_typer(evaluate_cli.app)
+app.add_typer(model_cli.app)
 generate_cli.register(app)
 serve_cli.register(app)
 
