@@ -19,11 +19,11 @@ from labalign.sdg.blocks import (
     run_block,
 )
 from labalign.sdg.dedup import NearDuplicateIndex
-from labalign.textmetrics import rouge_l, tokens
 from labalign.sdg.pipeline import builtin_pipeline, load_pipeline
 from labalign.sdg.prompts import PromptLibrary
 from labalign.sdg.rows import Row
 from labalign.sdg.stats import LeafStats
+from labalign.textmetrics import rouge_l, tokens
 from tests.sdg_fakes import ScriptedTeacher
 
 
