@@ -23,6 +23,7 @@ from labalign import yamlsafe
 from labalign.errors import ConfigError
 from labalign.llm.settings import LLMSettings
 from labalign.sdg.settings import SDGSettings
+from labalign.train.settings import TrainSettings
 
 CONFIG_FILE_NAME = "labalign.yaml"
 ENV_PREFIX = "LABALIGN_"
@@ -95,6 +96,7 @@ class Settings(BaseSettings):
     documents: DocumentSettings = Field(default_factory=DocumentSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     sdg: SDGSettings = Field(default_factory=SDGSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
 
     @classmethod
     def settings_customise_sources(

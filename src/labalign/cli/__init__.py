@@ -19,6 +19,7 @@ from labalign.cli import generate as generate_cli
 from labalign.cli import model as model_cli
 from labalign.cli import serve as serve_cli
 from labalign.cli import taxonomy as taxonomy_cli
+from labalign.cli import train as train_cli
 from labalign.cli._common import CliState, err_console
 from labalign.errors import LabalignError
 
@@ -50,6 +51,7 @@ app.add_typer(evaluate_cli.app)
 app.add_typer(model_cli.app)
 generate_cli.register(app)
 serve_cli.register(app)
+app.command("train")(train_cli.train)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,243 @@
+"""`labalign train`: phased (LAB) or stacked training of the student on messages JSONL."""
+
+from __future__ import annotations
+
+import os
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Any
+
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from labalign.cli._common import OutputFormat, console, print_json, settings
+from labalign.errors import ConfigError
+
+# Flag name -> TrainSettings field, for the flags that override settings (unset flags keep the file's
+# or environment's value).
+_SETTING_FLAGS = {
+    "strategy": "strategy",
+    "epochs": "epochs",
+    "phase1_epochs": "phase1_epochs",
+    "phase2_epochs": "phase2_epochs",
+    "lr": "learning_rate",
+    "batch_size": "batch_size",
+    "warmup_steps": "warmup_steps",
+    "scheduler": "scheduler",
+    "seed": "seed",
+    "max_seq_len": "max_seq_len",
+    "long_samples": "long_samples",
+    "max_batch_tokens": "max_batch_tokens",
+    "holdout_fraction": "holdout_fraction",
+    "save_every": "save_every",
+    "keep_last": "keep_last",
+    "lora": "lora",
+    "lora_rank": "lora_rank",
+    "lora_alpha": "lora_alpha",
+    "merge_lora": "merge_lora",
+    "bf16": "bf16",
+    "gradient_checkpointing": "gradient_checkpointing",
+    "freeze_embeddings": "freeze_embeddings",
+}
+
+
+class StrategyChoice(StrEnum):
+    phased = "phased"
+    stacked = "stacked"
+
+
+class SchedulerChoice(StrEnum):
+    constant = "constant"
+    cosine = "cosine"
+
+
+class LongSamplesChoice(StrEnum):
+    drop = "drop"
+    truncate = "truncate"
+
+
+class Bf16Choice(StrEnum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+def _train_settings(ctx: typer.Context, flags: dict[str, Any]) -> tuple[Any, Path]:
+    """TrainSettings from the `train:` settings section (when the config has one) plus these flags."""
+    from labalign.train.settings import TrainSettings
+
+    s = settings(ctx)
+    base = getattr(s, "train", None)
+    data = base.model_dump() if isinstance(base, TrainSettings) else {}
+    for flag, value in flags.items():
+        if value is not None:
+            data[_SETTING_FLAGS[flag]] = value.value if isinstance(value, Enum) else value
+    try:
+        return TrainSettings(**data), s.cache_dir
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "train"
+        raise ConfigError(
+            f"setting 'train.{where}': {err['msg']}", hint="check the command-line flags"
+        ) from exc
+
+
+def _relaunch_args(ctx: typer.Context) -> list[str]:
+    """This command line again, without --nproc, for the processes torch.distributed.run starts."""
+    args: list[str] = []
+    state = ctx.find_root().obj
+    config_file = getattr(state, "config_file", None)
+    if config_file is not None:
+        args += ["--config", str(config_file)]
+    args.append("train")
+    command: Any = ctx.command
+    for param in command.params:
+        value = ctx.params.get(param.name)
+        if param.name == "nproc" or value is None or not param.opts:
+            continue
+        if getattr(param, "is_flag", False):
+            if getattr(param, "secondary_opts", None):
+                args.append(param.opts[0] if value else param.secondary_opts[0])
+            elif value:
+                args.append(param.opts[0])
+        else:
+            args += [param.opts[0], str(value.value if isinstance(value, Enum) else value)]
+    return args
+
+
+def _print_summary(result: Any) -> None:
+    table = Table(title="training summary")
+    for name, justify in (
+        ("phase", "left"),
+        ("steps", "right"),
+        ("samples", "right"),
+        ("tokens", "right"),
+        ("time", "right"),
+        ("best checkpoint", "left"),
+        ("held-out loss", "right"),
+    ):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for p in result.phases:
+        minutes, seconds = divmod(round(p.seconds), 60)
+        loss = "-" if p.heldout_loss is None else f"{p.heldout_loss:.4f}"
+        if p.score is not None:
+            loss += f" (score {p.score:.3f})"
+        table.add_row(
+            p.phase,
+            str(p.steps),
+            f"{p.samples:,}",
+            f"{p.tokens:,}",
+            f"{minutes}:{seconds:02d}",
+            f"{p.best_dir} (step {p.best_step})",
+            loss,
+        )
+    console.print(table)
+    for p in result.phases:
+        data = p.data
+        if data.get("dropped_long") or data.get("truncated") or data.get("dropped_unsupervised"):
+            console.print(
+                f"{p.phase}: {data['samples']} samples read, {data['dropped_long']} dropped as too long, "
+                f"{data['truncated']} truncated, {data['dropped_unsupervised']} without trained tokens",
+                highlight=False,
+            )
+    console.print(f"final checkpoint: {result.final}", soft_wrap=True, highlight=False)
+
+
+def train(
+    ctx: typer.Context,
+    model: str = typer.Option(
+        "default",
+        "--model",
+        "-m",
+        help="Student: a Hugging Face model directory, or 'default' (Gemma 3 270M).",
+    ),
+    phase1: Path = typer.Option(None, "--phase1", help="Phase 1 (knowledge) messages JSONL."),
+    phase2: Path = typer.Option(None, "--phase2", help="Phase 2 (skills + replay) messages JSONL."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory of the run."),
+    strategy: StrategyChoice = typer.Option(None, "--strategy", help="phased (default) or stacked."),
+    epochs: int = typer.Option(None, "--epochs", help="Epochs per phase."),
+    phase1_epochs: int = typer.Option(None, "--phase1-epochs", help="Epochs of phase 1."),
+    phase2_epochs: int = typer.Option(None, "--phase2-epochs", help="Epochs of phase 2."),
+    lr: float = typer.Option(None, "--lr", help="Peak learning rate (default 2e-5, 2e-4 with LoRA)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Effective batch size in samples."),
+    warmup_steps: int = typer.Option(None, "--warmup-steps", help="Linear warm-up steps."),
+    scheduler: SchedulerChoice = typer.Option(None, "--scheduler", help="After warm-up: constant or cosine."),
+    seed: int = typer.Option(None, "--seed", help="Seed of data order, held-out split and init."),
+    max_seq_len: int = typer.Option(None, "--max-seq-len", help="Longest sample in tokens."),
+    long_samples: LongSamplesChoice = typer.Option(
+        None, "--long-samples", help="Samples over --max-seq-len: drop or truncate."
+    ),
+    max_batch_tokens: int = typer.Option(None, "--max-batch-tokens", help="Tokens per packed micro-batch."),
+    holdout_fraction: float = typer.Option(
+        None, "--holdout-fraction", help="Fraction held out to pick the best checkpoint."
+    ),
+    save_every: int = typer.Option(None, "--save-every", help="Checkpoint every N steps (and each epoch)."),
+    keep_last: int = typer.Option(None, "--keep-last", help="Step checkpoints kept besides the best."),
+    lora: bool = typer.Option(None, "--lora/--full", help="Train LoRA adapters, or all weights."),
+    lora_rank: int = typer.Option(None, "--lora-rank", help="LoRA rank."),
+    lora_alpha: int = typer.Option(None, "--lora-alpha", help="LoRA alpha."),
+    merge_lora: bool = typer.Option(
+        None, "--merge-lora/--no-merge-lora", help="Merge adapters into final/ (default), or save them."
+    ),
+    bf16: Bf16Choice = typer.Option(None, "--bf16", help="bf16 autocast: auto, on or off."),
+    gradient_checkpointing: bool = typer.Option(
+        None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory."
+    ),
+    freeze_embeddings: bool = typer.Option(
+        None, "--freeze-embeddings/--train-embeddings", help="Freeze the input embeddings (default)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes (GPUs, or CPU with gloo)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
+) -> None:
+    """Train the student: phase 1 (knowledge), its best checkpoint, then phase 2 (skills + replay).
+
+    Writes OUT/phase1/{checkpoints,best}, OUT/phase2/..., OUT/final (a Hugging Face model directory
+    with tokenizer and chat template), OUT/training_log.jsonl, OUT/loss.png and OUT/summary.json.
+
+    Example: labalign train --model default --phase1 phase1.jsonl --phase2 phase2.jsonl --out runs/a --lora
+    """
+    flags = {name: value for name, value in ctx.params.items() if name in _SETTING_FLAGS}
+    train_settings, cache_dir = _train_settings(ctx, flags)
+    from labalign.train.distributed import launch, launched
+
+    if nproc > 1 and not launched():
+        raise typer.Exit(launch(nproc, _relaunch_args(ctx)))
+    from labalign.train import TrainConfig
+    from labalign.train import train as run_training
+
+    result = run_training(
+        TrainConfig(
+            model=model,
+            out=out,
+            phase1=phase1,
+            phase2=phase2,
+            settings=train_settings,
+            resume=resume,
+            cache_dir=cache_dir,
+            show_progress=progress,
+        )
+    )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if fmt is OutputFormat.json:
+        print_json(result.as_dict())
+    else:
+        _print_summary(result)
+
+
+def standalone_app() -> typer.Typer:
+    """The `labalign` root (its --config option and one-line errors) with only this command: what
+    `--nproc` launches, so the launch does not depend on how the full CLI is assembled."""
+    from labalign.cli import _Group, _root
+
+    app = typer.Typer(cls=_Group, name="labalign", pretty_exceptions_enable=False, add_completion=False)
+    app.callback()(_root)
+    app.command("train")(train)
+    return app
+
+
+if __name__ == "__main__":
+    standalone_app()(prog_name="labalign")

@@ -1,0 +1,180 @@
+"""Chunked cross-entropy through the LM head: the full (tokens x vocabulary) logits never exist.
+
+With Gemma 3's 262k-token vocabulary, the logits of 2k tokens are 2 GB in fp32, more than the model.
+The loss and its gradients are computed chunk by chunk in the forward pass (the gradient of a scalar
+loss is known there), keeping only grad(hidden) and grad(head); backward scales them by the incoming
+gradient. Only positions that carry a target are projected at all: prompts cost nothing here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from labalign.train.packing import IGNORE
+
+ROW_BUCKET = 64
+LOGITS_BYTES_PER_CHUNK = 64 * 2**20  # small enough to be noise next to the model, big enough for fast matmuls
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """The LM head and the transforms some families apply to its logits."""
+
+    weight: torch.Tensor  # (V, H)
+    bias: torch.Tensor | None = None
+    scale: float = 1.0  # logits * scale (Cohere's logit_scale, 1 / Granite's logits_scaling)
+    softcap: float | None = None  # softcap * tanh(logits / softcap) (Gemma 2)
+
+
+def head_spec(model: nn.Module) -> HeadSpec:
+    """The head of a causal LM (its output embeddings) and its config's logit transforms."""
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"{type(model).__name__} has no linear LM head")
+    config: Any = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    scale = 1.0
+    if getattr(text_config, "logit_scale", None):
+        scale *= float(text_config.logit_scale)
+    if getattr(text_config, "logits_scaling", None):
+        scale /= float(text_config.logits_scaling)
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+    return HeadSpec(head.weight, head.bias, scale, float(softcap) if softcap else None)
+
+
+def default_chunk_tokens(vocab_size: int) -> int:
+    """About LOGITS_BYTES_PER_CHUNK of fp32 logits per chunk (64 tokens for a 262k vocabulary)."""
+    tokens = LOGITS_BYTES_PER_CHUNK // (4 * max(vocab_size, 1))
+    return max(ROW_BUCKET, min(8192, tokens // ROW_BUCKET * ROW_BUCKET))
+
+
+def _logits(h: torch.Tensor, w: torch.Tensor, spec: HeadSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits of a chunk (in the matmul dtype when there is no transform), and tanh for softcapping."""
+    logits = h @ w.T
+    if spec.bias is None and spec.scale == 1.0 and spec.softcap is None:
+        return logits, None  # log_softmax upcasts on the fly: no separate fp32 copy
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if spec.bias is not None:
+        logits += spec.bias.to(logits.dtype)
+    if spec.scale != 1.0:
+        logits *= spec.scale
+    tanh = None
+    if spec.softcap is not None:
+        tanh = torch.tanh(logits / spec.softcap)
+        logits = tanh * spec.softcap
+    return logits, tanh
+
+
+def _pad_rows(h: torch.Tensor) -> torch.Tensor:
+    """Round the rows of a chunk up to a multiple of ROW_BUCKET. On CPU, oneDNN caches a primitive
+    (with a re-laid-out copy of the head) per matmul shape: with a new row count in every micro-batch
+    the process grew by the head's size each step. Bucketed shapes keep that cache small."""
+    rows = h.shape[0]
+    padded = -(-rows // ROW_BUCKET) * ROW_BUCKET
+    if padded == rows:
+        return h
+    return torch.cat([h, h.new_zeros(padded - rows, h.shape[1])])
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        spec: HeadSpec,
+        chunk: int,
+        compute_dtype: torch.dtype,
+    ) -> torch.Tensor:
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        need_any = need_h or need_w or need_b
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_dtype = torch.promote_types(weight.dtype, torch.float32)
+        grad_w = torch.zeros(weight.shape, dtype=grad_dtype, device=weight.device) if need_w else None
+        grad_b = (
+            torch.zeros(weight.shape[0], dtype=grad_dtype, device=weight.device)
+            if need_b and bias is not None
+            else None
+        )
+        acc_dtype = torch.promote_types(hidden.dtype, torch.float32)
+        total = torch.zeros((), dtype=acc_dtype, device=hidden.device)
+        w = weight.to(compute_dtype)
+        with torch.autocast(hidden.device.type, enabled=False):  # dtypes are chosen explicitly here
+            for start in range(0, hidden.shape[0], chunk):
+                h = hidden[start : start + chunk].to(compute_dtype)
+                tgt = targets[start : start + chunk]
+                rows = len(tgt)
+                h = _pad_rows(h)
+                logits, tanh = _logits(h, w, spec)
+                # One fused pass to fp32 log-probabilities (the softmax is never done in bf16).
+                logp = torch.log_softmax(
+                    logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)
+                )
+                del logits
+                total -= logp[:rows].gather(1, tgt[:, None]).sum()
+                if not need_any:
+                    continue
+                # d(sum CE)/d(logits) = softmax - onehot, computed in place over the log-probabilities.
+                grad = logp.exp_()
+                grad[torch.arange(rows, device=grad.device), tgt] -= 1.0
+                grad[rows:] = 0.0  # padding rows contribute nothing
+                if tanh is not None:
+                    grad *= 1.0 - tanh * tanh
+                if spec.scale != 1.0:
+                    grad *= spec.scale
+                if grad_b is not None:
+                    grad_b += grad.sum(0)
+                grad_c = grad.to(compute_dtype)
+                if grad_h is not None:
+                    grad_h[start : start + rows] = (grad_c @ w)[:rows].to(hidden.dtype)
+                if grad_w is not None:
+                    grad_w += (grad_c.T @ h).to(grad_dtype)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.param_dtypes = (weight.dtype, bias.dtype if bias is not None else None)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        w_dtype, b_dtype = ctx.param_dtypes
+        return (
+            grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None,
+            (grad_w * grad_out).to(w_dtype) if grad_w is not None else None,
+            (grad_b * grad_out).to(b_dtype) if grad_b is not None else None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def chunked_cross_entropy_sum(
+    hidden: torch.Tensor, targets: torch.Tensor, spec: HeadSpec, *, chunk_tokens: int | None = None
+) -> tuple[torch.Tensor, int]:
+    """Sum of the cross-entropy of every target that is not IGNORE, and how many there are.
+
+    `hidden`: (..., H) final hidden states (after the final norm); `targets`: (...) next-token ids.
+    Differentiable w.r.t. hidden, head weight and bias. Under autocast the head matmuls run in the
+    autocast dtype and the softmax in fp32, as in the model's own forward.
+    """
+    flat_h = hidden.reshape(-1, hidden.shape[-1])
+    flat_t = targets.reshape(-1)
+    keep = (flat_t != IGNORE).nonzero().squeeze(1)
+    h = flat_h.index_select(0, keep)
+    t = flat_t.index_select(0, keep)
+    device_type = hidden.device.type
+    compute_dtype = (
+        torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else h.dtype
+    )
+    chunk = chunk_tokens or default_chunk_tokens(spec.weight.shape[0])
+    total = _ChunkedLinearCrossEntropy.apply(  # type: ignore[no-untyped-call]
+        h, spec.weight, spec.bias, t, spec, chunk, compute_dtype
+    )
+    return total, int(t.numel())

@@ -1,0 +1,363 @@
+"""The LAB schedule: phase 1 (knowledge) -> best checkpoint -> phase 2 (skills + replay), or all data
+stacked in one phase; held-out splits, resume, the final checkpoint, plots and the summary."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labalign.config import default_cache_dir
+from labalign.errors import LabalignError
+from labalign.train import checkpoint as ckpt
+from labalign.train.distributed import DistContext, barrier, broadcast_object, init_distributed, shutdown
+from labalign.train.loop import Evaluator, PhaseResult, PhaseSpec, run_phase
+from labalign.train.model import load_student, load_tokenizer
+from labalign.train.plots import plot_losses
+from labalign.train.settings import TrainSettings
+from labalign.train.tokenize import TokenizedData, TokenStats, load_tokenized
+from labalign.train.trainlog import LogWriter, read_log, truncate_log
+
+RUN_FILE = "run.json"
+
+
+@dataclass
+class TrainConfig:
+    """Everything `train()` needs. `model` is a Hugging Face directory or 'default' (the embedded
+    Gemma 3 270M, converted once into `cache_dir`)."""
+
+    model: str
+    out: Path
+    phase1: Path | None = None
+    phase2: Path | None = None
+    settings: TrainSettings = field(default_factory=TrainSettings)
+    resume: bool = False
+    evaluator: Evaluator | None = None
+    cache_dir: Path | None = None  # tokenized data and the default model; None: the user cache
+    show_progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    final: Path
+    phases: list[PhaseResult]
+    log: Path
+    plot: Path
+    summary: Path
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "final": str(self.final),
+            "phases": [p.as_dict() for p in self.phases],
+            "log": str(self.log),
+            "plot": str(self.plot),
+        }
+
+
+def resolve_model(model: str, cache_dir: Path) -> Path:
+    """A model directory; 'default' converts the embedded Gemma 3 270M GGUF once and reuses it."""
+    if model == "default":
+        from labalign.llm.default_model import default_hf_dir  # heavy (gguf, transformers): lazy
+
+        return Path(default_hf_dir(cache_dir))
+    path = Path(model).expanduser()
+    if not (path / "config.json").is_file():
+        raise LabalignError(
+            "not a Hugging Face model directory (no config.json)",
+            path=path,
+            hint="pass a directory saved with save_pretrained, or --model default",
+        )
+    return path
+
+
+def split_heldout(data: TokenizedData, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) indices. Deterministic: the samples whose seeded content hash is lowest, so the
+    same conversation is held out wherever it appears (phase 2 replays phase-1 data)."""
+    n = len(data)
+    if fraction <= 0 or n < 2:
+        return list(range(n)), []
+    count = min(n - 1, max(1, math.ceil(fraction * n)))
+    ranked = sorted(range(n), key=lambda i: hashlib.sha256(f"{seed}:{data.keys[i]}".encode()).digest())
+    held = set(ranked[:count])
+    return [i for i in range(n) if i not in held], sorted(held)
+
+
+def _stats_sum(parts: list[TokenStats]) -> TokenStats:
+    total = TokenStats()
+    for part in parts:
+        for name, value in asdict(part).items():
+            setattr(total, name, getattr(total, name) + value)
+    return total
+
+
+def _run_record(config: TrainConfig, model_path: Path) -> dict[str, Any]:
+    from labalign.train.data import file_digest
+
+    inputs = {
+        name: {"path": str(path), "sha256": file_digest(path)}
+        for name, path in (("phase1", config.phase1), ("phase2", config.phase2))
+        if path is not None
+    }
+    return {"model": str(model_path), "inputs": inputs, "settings": config.settings.model_dump(mode="json")}
+
+
+def _check_out_dir(config: TrainConfig, record: dict[str, Any]) -> None:
+    run_file = config.out / RUN_FILE
+    if config.resume:
+        if not run_file.is_file():
+            return  # nothing to resume: start fresh
+        previous = ckpt.read_json(run_file)
+        if previous != record:
+            changed = sorted(k for k in record if previous.get(k) != record[k])
+            raise LabalignError(
+                f"--resume with different {', '.join(changed)} than the interrupted run",
+                path=run_file,
+                hint="resume with the same model, data and settings, or train into a new --out",
+            )
+        return
+    if config.out.exists() and any(config.out.iterdir()):
+        raise LabalignError(
+            "output directory is not empty",
+            path=config.out,
+            hint="pass --resume to continue the run in it, or choose a new --out",
+        )
+
+
+def _on_main(ctx: DistContext, fn: Callable[[], Any]) -> Any:
+    """Run `fn` on the main process and hand its value (or its LabalignError) to every process, so a
+    user error stops all ranks instead of leaving them waiting."""
+    if not ctx.distributed:
+        return fn()
+    payload: tuple[str, Any] | None = None
+    if ctx.is_main:
+        try:
+            payload = ("ok", fn())
+        except LabalignError as exc:
+            payload = ("error", (exc.message, exc.path, exc.line, exc.column, exc.hint))
+    payload = broadcast_object(ctx, payload)
+    assert payload is not None
+    if payload[0] == "error":
+        message, path, line, column, hint = payload[1]
+        raise LabalignError(message, path=path, line=line, column=column, hint=hint)
+    return payload[1]
+
+
+def _load_data(
+    config: TrainConfig, model_path: Path, ctx: DistContext, cache_dir: Path
+) -> dict[str, TokenizedData]:
+    """Tokenize each file once: the main process validates and fills the cache, the others read it."""
+    tokenizer = load_tokenizer(model_path)
+    s = config.settings
+
+    def load() -> dict[str, TokenizedData]:
+        return {
+            name: load_tokenized(
+                path,
+                tokenizer,
+                max_seq_len=s.max_seq_len,
+                long_samples=s.long_samples,
+                cache_dir=cache_dir,
+                flag=f"--{name}",
+            )
+            for name, path in (("phase1", config.phase1), ("phase2", config.phase2))
+            if path is not None
+        }
+
+    if ctx.distributed:
+        # The main process validates the files and fills the cache (its errors reach every rank);
+        # then every process reads the cache.
+        _on_main(ctx, lambda: bool(load()))
+    return load()
+
+
+def plan_phases(
+    config: TrainConfig, model_path: Path, data: dict[str, TokenizedData]
+) -> list[tuple[PhaseSpec, list[str]]]:
+    """The phases to run, each with its held-out split (phase 2 also holds out phase 1's held-out
+    samples it replays, so the knowledge split stays unseen). Phase 2 starts from phase 1's best."""
+    s = config.settings
+    if s.strategy == "stacked":
+        parts = [data[n] for n in ("phase1", "phase2") if n in data]
+        merged = TokenizedData.concat(parts)
+        train_idx, held_idx = split_heldout(merged, s.holdout_fraction, s.seed)
+        spec = PhaseSpec(
+            "stacked",
+            0,
+            model_path,
+            merged.subset(train_idx),
+            merged.subset(held_idx) if held_idx else None,
+            config.evaluator,
+            _stats_sum([p.stats for p in parts]),
+        )
+        return [(spec, [])]
+    specs: list[tuple[PhaseSpec, list[str]]] = []
+    held1_keys: set[str] = set()
+    start = model_path
+    if "phase1" in data:
+        d1 = data["phase1"]
+        train_idx, held_idx = split_heldout(d1, s.holdout_fraction, s.seed)
+        held1_keys = {d1.keys[i] for i in held_idx}
+        spec1 = PhaseSpec(
+            "phase1",
+            1,
+            model_path,
+            d1.subset(train_idx),
+            d1.subset(held_idx) if held_idx else None,
+            None,
+            d1.stats,
+        )
+        specs.append((spec1, ["phase2"]))
+        start = config.out / "phase1" / "best"
+    if "phase2" in data:
+        d2 = data["phase2"]
+        train_idx, held_idx = split_heldout(d2, s.holdout_fraction, s.seed)
+        moved = [i for i in train_idx if d2.keys[i] in held1_keys]
+        train_idx = [i for i in train_idx if d2.keys[i] not in held1_keys]
+        held_idx = sorted(held_idx + moved)
+        if not train_idx:
+            raise LabalignError(
+                "phase 2 has no training sample left after the held-out split",
+                path=config.phase2,
+                hint="add samples or lower --holdout-fraction",
+            )
+        spec2 = PhaseSpec(
+            "phase2",
+            2,
+            start,
+            d2.subset(train_idx),
+            d2.subset(held_idx) if held_idx else None,
+            config.evaluator,
+            d2.stats,
+        )
+        specs.append((spec2, []))
+    return specs
+
+
+def _finish(
+    config: TrainConfig, results: list[PhaseResult], last_spec: PhaseSpec, log_path: Path
+) -> TrainResult:
+    """final/ (the last phase's best, or its adapter), the combined plot and summary.json."""
+    final = config.out / "final"
+    last = results[-1]
+    if config.settings.lora and not config.settings.merge_lora:
+        import torch
+
+        state = ckpt.load_train_state(config.out / last.phase / "state" / f"step-{last.best_step}")
+        student = load_student(
+            last_spec.start_model,
+            config.settings,
+            device=torch.device("cpu"),
+            bf16=False,
+            seed=config.settings.seed,
+        )
+        with torch.no_grad():
+            for name, param in student.trainable().items():
+                param.copy_(state.trainable[name].to(param.device, param.dtype))
+        ckpt.save_adapter(final, student)
+    else:
+        ckpt.copy_checkpoint(Path(last.best_dir), final)
+    plot = config.out / "loss.png"
+    plot_losses(read_log(log_path), plot, phases=[r.phase for r in results])
+    summary = config.out / "summary.json"
+    result = TrainResult(config.out, final, results, log_path, plot, summary)
+    ckpt.write_json(summary, result.as_dict())
+    return result
+
+
+def train(config: TrainConfig, *, on_phase_start: Callable[[PhaseSpec], None] | None = None) -> TrainResult:
+    """Train the student as configured; resumable with `resume=True` after a kill.
+
+    Runs on every process of a distributed launch (torchrun, accelerate launch, `--nproc`); the main
+    process writes the files. Returns the same result on every process.
+    """
+    if config.phase1 is None and config.phase2 is None:
+        raise LabalignError("no training data", hint="pass --phase1 and/or --phase2")
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    # Per-checkpoint "Writing model shards" bars would bury ours.
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        return _train(config, on_phase_start)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def _train(config: TrainConfig, on_phase_start: Callable[[PhaseSpec], None] | None) -> TrainResult:
+    ctx = init_distributed()
+    try:
+        return _train_in(ctx, config, on_phase_start)
+    finally:
+        shutdown(ctx)
+
+
+def _train_in(
+    ctx: DistContext, config: TrainConfig, on_phase_start: Callable[[PhaseSpec], None] | None
+) -> TrainResult:
+    cache_dir = config.cache_dir or default_cache_dir()
+    model_path = Path(_on_main(ctx, lambda: str(resolve_model(config.model, cache_dir))))
+    data = _load_data(config, model_path, ctx, cache_dir)
+    record = _run_record(config, model_path)
+
+    def prepare_out() -> None:
+        _check_out_dir(config, record)
+        config.out.mkdir(parents=True, exist_ok=True)
+        ckpt.write_json(config.out / RUN_FILE, record)
+
+    _on_main(ctx, prepare_out)
+    phases = plan_phases(config, model_path, data)
+    log_path = config.out / "training_log.jsonl"
+    log = LogWriter(log_path if ctx.is_main else None)
+    results: list[PhaseResult] = []
+    try:
+        for spec, later in phases:
+            done = config.out / spec.name / "done.json"
+            if config.resume and done.is_file():
+                results.append(PhaseResult(**ckpt.read_json(done)))
+                continue
+            if ctx.is_main:
+                state = ckpt.latest_state(config.out / spec.name / "state") if config.resume else None
+                step = int(ckpt.read_json(state / "progress.json")["step"]) if state else 0
+                log.close()
+                truncate_log(log_path, spec.name, step, later)
+            if on_phase_start is not None:
+                on_phase_start(spec)
+            result = run_phase(
+                spec,
+                config.settings,
+                config.out,
+                ctx,
+                log,
+                resume=config.resume,
+                show_progress=config.show_progress,
+            )
+            results.append(result)
+            if ctx.is_main:
+                ckpt.write_json(done, result.as_dict())
+            barrier(ctx)
+        log.close()
+        final: TrainResult | None = _finish(config, results, phases[-1][0], log_path) if ctx.is_main else None
+        barrier(ctx)
+    finally:
+        log.close()
+    if final is None:
+        final = TrainResult(
+            config.out,
+            config.out / "final",
+            results,
+            log_path,
+            config.out / "loss.png",
+            config.out / "summary.json",
+        )
+    return final
+
+
+def load_summary(out: Path) -> dict[str, Any]:
+    return json.loads((out / "summary.json").read_text())  # type: ignore[no-any-return]

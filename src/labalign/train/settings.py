@@ -1,0 +1,118 @@
+"""Settings of the trainer: the `train:` section of labalign.yaml (LABALIGN_TRAIN__<KEY> in the environment).
+
+Flat on purpose (per-phase overrides are `phase1_*` / `phase2_*` keys) so every setting is one flag, one
+environment variable and one line of `labalign config init`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Strategy = Literal["phased", "stacked"]
+Scheduler = Literal["constant", "cosine"]
+LongSamples = Literal["drop", "truncate"]
+Toggle = Literal["auto", "on", "off"]
+
+
+class TrainSettings(BaseModel):
+    """How the student is trained: data shaping, optimisation, precision, LoRA, checkpoints."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    strategy: Strategy = Field(
+        "phased",
+        description="phased: phase 1 (knowledge), then phase 2 (skills + replay) from phase 1's best "
+        "checkpoint; stacked: all data in one phase.",
+    )
+    epochs: int = Field(
+        2, ge=1, le=1000, description="Epochs per phase (unless phase1_epochs/phase2_epochs)."
+    )
+    phase1_epochs: int | None = Field(None, ge=1, le=1000, description="Epochs of phase 1; unset: epochs.")
+    phase2_epochs: int | None = Field(None, ge=1, le=1000, description="Epochs of phase 2; unset: epochs.")
+    learning_rate: float | None = Field(
+        None, gt=0, lt=1, description="Peak learning rate; unset: 2e-5 for full fine-tuning, 2e-4 with LoRA."
+    )
+    phase1_learning_rate: float | None = Field(None, gt=0, lt=1, description="Phase 1 learning rate.")
+    phase2_learning_rate: float | None = Field(None, gt=0, lt=1, description="Phase 2 learning rate.")
+    batch_size: int = Field(
+        32, ge=1, description="Effective batch size in samples per optimizer step (all processes together)."
+    )
+    phase1_batch_size: int | None = Field(None, ge=1, description="Phase 1 effective batch size.")
+    phase2_batch_size: int | None = Field(None, ge=1, description="Phase 2 effective batch size.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps, then constant (or cosine).")
+    scheduler: Scheduler = Field("constant", description="After warm-up: constant or cosine decay to 0.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    seed: int = Field(42, ge=0, description="Seed of data order, held-out split, LoRA init and dropout.")
+    max_seq_len: int = Field(2048, ge=8, description="Longest sample in tokens (longer: see long_samples).")
+    long_samples: LongSamples = Field(
+        "drop", description="Samples over max_seq_len: drop them, or truncate them (both are counted)."
+    )
+    max_batch_tokens: int = Field(
+        4096,
+        ge=8,
+        description="Token budget of one packed micro-batch per process; at least max_seq_len. Lower it "
+        "to save memory, raise it for speed.",
+    )
+    loss_chunk_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens per cross-entropy chunk; unset: about 64 MB of fp32 logits per chunk.",
+    )
+    holdout_fraction: float = Field(
+        0.05,
+        ge=0,
+        lt=0.5,
+        description="Fraction of each phase's data held out (deterministically) to pick the best checkpoint.",
+    )
+    save_every: int | None = Field(
+        None, ge=1, description="Checkpoint (and evaluate) every N steps; always at each epoch's end."
+    )
+    keep_last: int = Field(2, ge=1, description="Step checkpoints kept per phase, besides the best.")
+    lora: bool = Field(False, description="Train LoRA adapters instead of all weights.")
+    lora_rank: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, gt=0, description="LoRA alpha (scale = alpha / rank).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    lora_target_modules: str = Field(
+        "all-linear", description="Modules that get adapters: 'all-linear' or comma-separated names."
+    )
+    merge_lora: bool = Field(
+        True, description="Merge adapters into the saved checkpoints (plain HF models); false: save adapters."
+    )
+    bf16: Toggle = Field(
+        "auto", description="bf16 autocast: auto uses it where the CPU or GPU supports it natively."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward: less memory, about 30% more compute."
+    )
+    freeze_embeddings: bool = Field(
+        True, description="Freeze input embeddings (and a tied LM head): large vocabularies train faster."
+    )
+    attn_implementation: str | None = Field(
+        None, description="Attention kernel; unset: flash_attention_2 on GPU when installed, else sdpa."
+    )
+
+    @model_validator(mode="after")
+    def _budget_fits_a_sample(self) -> TrainSettings:
+        if self.max_batch_tokens < self.max_seq_len:
+            raise ValueError(
+                f"max_batch_tokens ({self.max_batch_tokens}) must be at least "
+                f"max_seq_len ({self.max_seq_len})"
+            )
+        return self
+
+    def phase_epochs(self, phase: int) -> int:
+        return {1: self.phase1_epochs, 2: self.phase2_epochs}.get(phase) or self.epochs
+
+    def phase_batch_size(self, phase: int) -> int:
+        return {1: self.phase1_batch_size, 2: self.phase2_batch_size}.get(phase) or self.batch_size
+
+    def phase_learning_rate(self, phase: int) -> float:
+        explicit = {1: self.phase1_learning_rate, 2: self.phase2_learning_rate}.get(phase)
+        if explicit is not None:
+            return explicit
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 2e-4 if self.lora else 2e-5
