@@ -18,11 +18,10 @@ runner = CliRunner()
 
 
 def _app() -> typer.Typer:
-    """The full CLI once `train` is registered there, else the same command under the same root."""
+    """The full CLI, where `train` is registered."""
     from labalign.cli import app
 
-    names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
-    return app if "train" in names else standalone_app()
+    return app
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +138,19 @@ def test_relaunch_args_repeat_the_command_without_nproc(
         i = argv.index(expected[0])
         assert argv[i : i + 2] == expected
     assert "--lora" in argv and "--no-progress" in argv and "--resume" not in argv
+
+
+def test_an_empty_phase_file_is_skipped_with_a_warning(
+    files: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """A taxonomy without knowledge leaves generates an empty phase1.jsonl: train phase 2 alone."""
+    model, _, phase2 = files
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    out = tmp_path / "run"
+    args = ["train", "--model", str(model), "--phase1", str(empty), "--phase2", str(phase2), "--out",
+            str(out), "--epochs", "1", "--max-seq-len", "64", "--no-progress"]  # fmt: skip
+    result = runner.invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    assert "phase1 is skipped" in result.output
+    assert (out / "final" / "config.json").is_file() and not (out / "phase1").exists()

@@ -276,6 +276,7 @@ def train(config: TrainConfig, *, on_phase_start: Callable[[PhaseSpec], None] | 
     Runs on every process of a distributed launch (torchrun, accelerate launch, `--nproc`); the main
     process writes the files. Returns the same result on every process.
     """
+    config = _without_empty_phases(config)
     if config.phase1 is None and config.phase2 is None:
         raise LabalignError("no training data", hint="pass --phase1 and/or --phase2")
     from transformers.utils import logging as hf_logging
@@ -288,6 +289,34 @@ def train(config: TrainConfig, *, on_phase_start: Callable[[PhaseSpec], None] | 
     finally:
         if bars:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return not any(line.strip() for line in f)
+    except OSError:
+        return False  # missing or unreadable: the data reader reports it with the file name
+
+
+def _without_empty_phases(config: TrainConfig) -> TrainConfig:
+    """An empty phase file is a phase with nothing to learn (a taxonomy without knowledge leaves gives
+    an empty phase1.jsonl): skip it, saying so, as long as the other phase has data."""
+    import dataclasses
+
+    from rich.console import Console
+
+    phases = {"phase1": config.phase1, "phase2": config.phase2}
+    empty = [name for name, path in phases.items() if path is not None and _is_empty(path)]
+    if not empty or len(empty) == sum(p is not None for p in phases.values()):
+        return config  # nothing empty, or everything empty: the reader's error names the file
+    for name in empty:
+        Console(stderr=True).print(f"[yellow]warning:[/] {phases[name]} is empty: {name} is skipped")
+    return dataclasses.replace(
+        config,
+        phase1=None if "phase1" in empty else config.phase1,
+        phase2=None if "phase2" in empty else config.phase2,
+    )
 
 
 def _train(config: TrainConfig, on_phase_start: Callable[[PhaseSpec], None] | None) -> TrainResult:
