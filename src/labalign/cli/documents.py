@@ -10,11 +10,17 @@ from rich.table import Table
 from rich.text import Text
 
 from labalign import yamlsafe
-from labalign.cli._common import OutputFormat, console, err_console, print_json, settings
+from labalign.cli._common import (
+    OutputFormat,
+    console,
+    err_console,
+    print_json,
+    resolve_leaf_documents,
+    settings,
+)
 from labalign.documents import (
     DocumentSource,
     chunk_documents,
-    resolve_documents,
     token_counter,
 )
 from labalign.documents.security import redact
@@ -79,13 +85,7 @@ def chunk_command(
     budget = s.documents.chunk_tokens
     leaf_file = _leaf_file(leaf, taxonomy)
     source = read_leaf_document(leaf_file)
-    files = resolve_documents(
-        source,
-        base_dir=leaf_file.parent,
-        cache_dir=s.cache_dir,
-        offline=s.taxonomy.offline,
-        max_file_bytes=int(s.documents.max_file_mb * 2**20),
-    )
+    files = resolve_leaf_documents(source, leaf_file.parent, s)
     if files is None:
         message = (
             f"skipped: {redact(source.repo)} is not in the cache and --offline is set "

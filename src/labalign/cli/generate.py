@@ -14,10 +14,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 from rich.text import Text
 
-from labalign.cli._common import OutputFormat, console, err_console, print_json, settings
+from labalign.cli._common import (
+    OutputFormat,
+    console,
+    err_console,
+    print_json,
+    resolve_leaf_documents,
+    settings,
+)
 from labalign.config import Settings
-from labalign.documents import chunk_documents, read_document, resolve_documents, token_counter
+from labalign.documents import chunk_documents, read_document, token_counter
 from labalign.errors import LabalignError
+from labalign.jsonl import read_jsonl
 from labalign.llm.types import Backend
 from labalign.sdg.generate import GenerateOptions, GenerateResult, LeafInput, generate
 from labalign.sdg.pipeline import Pipeline, PipelineKind, load_pipeline
@@ -50,13 +58,7 @@ def leaf_inputs(leaves: list[Leaf], s: Settings) -> list[LeafInput]:
         if leaf.document is None:
             jobs.append(LeafInput(leaf))
             continue
-        files = resolve_documents(
-            leaf.document,
-            base_dir=leaf.path.parent,
-            cache_dir=s.cache_dir,
-            offline=s.taxonomy.offline,
-            max_file_bytes=int(s.documents.max_file_mb * 2**20),
-        )
+        files = resolve_leaf_documents(leaf.document, leaf.path.parent, s)
         if files is None:
             raise LabalignError(
                 f"documents of {leaf.name} are remote and not cached, and --offline is set",
@@ -287,12 +289,4 @@ def _read_stats(out: Path) -> dict[str, Any]:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise LabalignError(f"not a JSON line: {exc.msg}", path=path, line=i) from exc
-    return out
+    return read_jsonl(path) if path.is_file() else []

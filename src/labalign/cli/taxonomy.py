@@ -10,8 +10,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from labalign.cli._common import OutputFormat, console, err_console, print_json, settings
-from labalign.documents import resolve_documents
+from labalign.cli._common import (
+    OutputFormat,
+    console,
+    err_console,
+    print_json,
+    resolve_leaf_documents,
+    settings,
+)
 from labalign.errors import TaxonomyError
 from labalign.taxonomy import (
     Leaf,
@@ -229,13 +235,7 @@ def show(
     leaf = _find_leaf(ctx, leaf_name, root)
     files = None
     if leaf.document is not None:
-        files = resolve_documents(
-            leaf.document,
-            base_dir=leaf.path.parent,
-            cache_dir=s.cache_dir,
-            offline=s.taxonomy.offline,
-            max_file_bytes=int(s.documents.max_file_mb * 2**20),
-        )
+        files = resolve_leaf_documents(leaf.document, leaf.path.parent, s)
     if fmt is OutputFormat.json:
         print_json(
             {

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from labalign.errors import LabalignError
+from labalign.jsonl import iter_jsonl
 from labalign.taxonomy import Leaf
 
 Source = Literal["heldout", "generated", "seed"]
@@ -38,27 +38,16 @@ def default_heldout_dir(taxonomy: Path) -> Path | None:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, object]]:
-    out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LabalignError(
-                f"not a JSON line: {exc.msg}",
-                path=path,
-                line=i,
-                hint='each line is {"question": ..., "reference": ...}',
-            ) from exc
+    records = []
+    for line, record in iter_jsonl(path, hint='each line is {"question": ..., "reference": ...}'):
         if (
             not isinstance(record, dict)
             or not record.get("question")
             or not (record.get("reference") or record.get("answer"))
         ):
-            raise LabalignError("a held-out record needs 'question' and 'reference'", path=path, line=i)
-        out.append(record)
-    return out
+            raise LabalignError("a held-out record needs 'question' and 'reference'", path=path, line=line)
+        records.append(record)
+    return records
 
 
 def gather(
