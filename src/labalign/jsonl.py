@@ -17,7 +17,7 @@ def iter_jsonl(path: Path, *, hint: str = DEFAULT_HINT) -> Iterator[tuple[int, A
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8").rstrip("\r\n")  # else an error at the end points past the line
             except UnicodeDecodeError as exc:
                 raise LabalignError(
                     "line is not UTF-8", path=path, line=number, hint="save the file as UTF-8"
@@ -28,7 +28,7 @@ def iter_jsonl(path: Path, *, hint: str = DEFAULT_HINT) -> Iterator[tuple[int, A
                 yield number, json.loads(text)
             except json.JSONDecodeError as exc:
                 raise LabalignError(
-                    f"not a JSON line: {exc.msg}", path=path, line=number, column=exc.colno, hint=hint
+                    f"not valid JSON: {exc.msg}", path=path, line=number, column=exc.colno, hint=hint
                 ) from exc
 
 

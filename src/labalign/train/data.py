@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from labalign.errors import LabalignError
+from labalign.jsonl import iter_jsonl
 
 ROLES = ("system", "user", "assistant")
 _SHAPE_HINT = 'each line must be {"messages": [{"role": ..., "content": ...}, ...]}'
@@ -38,28 +39,7 @@ def read_samples(path: Path, *, flag: str = "the data file") -> list[Sample]:
     """Every record of a JSONL file; the first bad line raises a LabalignError naming file and line."""
     if not path.is_file():
         raise LabalignError("data file not found", path=path, hint=f"check {flag}")
-    samples: list[Sample] = []
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            try:
-                text = raw.decode("utf-8").rstrip("\r\n")  # else JSON errors point past the line
-            except UnicodeDecodeError as exc:
-                raise LabalignError(
-                    "line is not UTF-8", path=path, line=number, hint="save the file as UTF-8"
-                ) from exc
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise LabalignError(
-                    f"not valid JSON: {exc.msg}",
-                    path=path,
-                    line=number,
-                    column=exc.colno,
-                    hint="each line must be one JSON object (JSON Lines)",
-                ) from exc
-            samples.append(_sample(record, path, number))
+    samples = [_sample(record, path, number) for number, record in iter_jsonl(path)]
     if not samples:
         raise LabalignError("no samples in the data file", path=path, hint=_SHAPE_HINT)
     return samples
