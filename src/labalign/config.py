@@ -131,8 +131,15 @@ def find_config_file(explicit: Path | None) -> Path | None:
     return local if local.is_file() else None
 
 
-def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
-    """Build the effective settings; every problem becomes a one-line ConfigError naming its source."""
+def load_settings(
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> Settings:
+    """Build the effective settings; every problem becomes a one-line ConfigError naming its source.
+
+    `defaults` (dotted keys, e.g. a `labalign run` profile) sit just above the built-in defaults:
+    the config file, the environment and `overrides` (flags) all win over them."""
     path = find_config_file(config_file)
     doc: yamlsafe.YamlDocument | None = None
     data: dict[str, Any] = {}
@@ -146,6 +153,8 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
         if doc.data is not None and not isinstance(doc.data, dict):
             raise ConfigError("config file must be a mapping of settings", path=path, line=1, column=1)
         data = doc.data or {}
+    if defaults:
+        data = _merge(_nest({k: v for k, v in defaults.items() if v is not None}), data)
     clean_overrides = _nest({k: v for k, v in (overrides or {}).items() if v is not None})
     token = _FILE_DATA.set(data)
     try:
@@ -165,6 +174,17 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
         for part in parts[:-1]:
             cursor = cursor.setdefault(part, {})
         cursor[parts[-1]] = value
+    return out
+
+
+def _merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts merged key by key, `high` winning."""
+    out = dict(low)
+    for key, value in high.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
     return out
 
 

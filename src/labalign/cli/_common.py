@@ -12,7 +12,9 @@ import typer
 from rich.console import Console
 
 from labalign.config import Settings, load_settings
-from labalign.documents import DocumentFile, DocumentSource, resolve_documents
+from labalign.sdg.driver import resolve_leaf_documents
+
+__all__ = ["resolve_leaf_documents"]  # commands import it from here
 
 console = Console()
 err_console = Console(stderr=True)
@@ -30,20 +32,16 @@ class CliState:
 
 def settings(ctx: typer.Context, **overrides: Any) -> Settings:
     """Effective settings: --config file (or ./labalign.yaml), env, then these flag values."""
+    return layered_settings(ctx, None, overrides)
+
+
+def layered_settings(
+    ctx: typer.Context, defaults: dict[str, Any] | None, overrides: dict[str, Any]
+) -> Settings:
+    """Effective settings: `defaults` (a run profile), --config file, env, then `overrides` (flags)."""
     state = ctx.find_root().obj
     config_file = state.config_file if isinstance(state, CliState) else None
-    return load_settings(config_file, overrides)
-
-
-def resolve_leaf_documents(source: DocumentSource, base_dir: Path, s: Settings) -> list[DocumentFile] | None:
-    """A leaf's document files per the settings (cache, offline, size limit); None: offline + remote."""
-    return resolve_documents(
-        source,
-        base_dir=base_dir,
-        cache_dir=s.cache_dir,
-        offline=s.taxonomy.offline,
-        max_file_bytes=int(s.documents.max_file_mb * 2**20),
-    )
+    return load_settings(config_file, overrides, defaults)
 
 
 def print_json(data: Any) -> None:

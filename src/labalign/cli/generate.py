@@ -10,140 +10,26 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
-from rich.table import Table
 from rich.text import Text
 
-from labalign.cli._common import (
-    OutputFormat,
-    console,
-    err_console,
-    print_json,
-    resolve_leaf_documents,
-    settings,
-)
-from labalign.config import Settings
-from labalign.documents import chunk_documents, read_document, token_counter
+from labalign.cli._common import OutputFormat, console, err_console, print_json, settings
 from labalign.errors import LabalignError
 from labalign.jsonl import read_jsonl
-from labalign.llm.types import Backend
-from labalign.sdg.generate import GenerateOptions, GenerateResult, LeafInput, generate
+from labalign.sdg.driver import (
+    empty_leaf_warnings,
+    funnel_table,
+    leaf_inputs,
+    open_teacher,
+    options_from_settings,
+    run_generation,
+    select_leaves,
+)
 from labalign.sdg.pipeline import Pipeline, PipelineKind, load_pipeline
-from labalign.taxonomy import Leaf, ValidationOptions, load_leaves
+from labalign.taxonomy import ValidationOptions, load_leaves
+
+__all__ = ["funnel_table", "leaf_inputs", "open_teacher"]  # re-exported: tests and older imports
 
 data_app = typer.Typer(name="data", help="Inspect generated datasets.", no_args_is_help=True)
-
-
-def _select(leaves: list[Leaf], wanted: list[str] | None) -> list[Leaf]:
-    if not wanted:
-        return leaves
-    chosen = [
-        leaf
-        for leaf in leaves
-        if any(leaf.name == w.strip("/") or leaf.name.startswith(w.strip("/") + "/") for w in wanted)
-    ]
-    if not chosen:
-        raise LabalignError(
-            f"no leaf matches --leaves {' '.join(wanted)}",
-            hint=f"leaves are: {', '.join(leaf.name for leaf in leaves)}",
-        )
-    return chosen
-
-
-def leaf_inputs(leaves: list[Leaf], s: Settings) -> list[LeafInput]:
-    """Each leaf with its document chunks (knowledge), resolved and chunked per the settings."""
-    count = token_counter(s.documents.tokenizer)
-    jobs: list[LeafInput] = []
-    for leaf in leaves:
-        if leaf.document is None:
-            jobs.append(LeafInput(leaf))
-            continue
-        files = resolve_leaf_documents(leaf.document, leaf.path.parent, s)
-        if files is None:
-            raise LabalignError(
-                f"documents of {leaf.name} are remote and not cached, and --offline is set",
-                path=leaf.path,
-                hint="run once without --offline to fetch them",
-            )
-        for f in files:
-            read_document(f)  # fail early, naming the file, before any teacher call
-        chunks = chunk_documents(files, max_tokens=s.documents.chunk_tokens, count_tokens=count)
-        if s.sdg.max_chunks is not None:
-            chunks = chunks[: s.sdg.max_chunks]
-        doc = {
-            "repo": leaf.document.repo,
-            "commit": files[0].commit if files else leaf.document.commit,
-            "patterns": list(leaf.document.patterns),
-        }
-        jobs.append(LeafInput(leaf, chunks, doc))
-    return jobs
-
-
-def open_teacher(spec: str, s: Settings, cache_path: Path | None) -> Backend:
-    """The model behind a spec, behind the request cache when one is given (resume without re-asking)."""
-    from labalign.llm.cache import CachedBackend
-    from labalign.llm.resolve import open_backend
-
-    backend = open_backend(spec, settings=s.llm, cache_dir=s.cache_dir)
-    return CachedBackend(backend, cache_path) if cache_path is not None else backend
-
-
-async def run_generation(
-    jobs: list[LeafInput], teacher: Backend, judge: Backend | None, out: Path, options: GenerateOptions
-) -> GenerateResult:
-    """Generate with one progress bar per leaf (stage, rows done of rows in the stage, ETA)."""
-    with Progress(
-        TextColumn("{task.fields[leaf]}", style="bold"),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-    ) as progress:
-        tasks: dict[str, TaskID] = {
-            j.leaf.name: progress.add_task("waiting", total=None, leaf=j.leaf.name) for j in jobs
-        }
-
-        def on_event(leaf: str, block: str, done: int, total: int) -> None:
-            progress.update(tasks[leaf], description=block, completed=done, total=total)
-
-        try:
-            return await generate(
-                jobs, teacher=teacher, judge=judge, out_dir=out, options=options, on_event=on_event
-            )
-        finally:
-            await teacher.aclose()
-            if judge is not None and judge is not teacher:
-                await judge.aclose()
-
-
-def funnel_table(stats: dict[str, Any]) -> Table:
-    table = Table(title="generation funnel")
-    for name in ("leaf / stage", "in", "out", "dropped (why)"):
-        table.add_column(name, justify="right" if name in ("in", "out") else "left", overflow="fold")
-    for leaf in stats["leaves"]:
-        table.add_section()
-        table.add_row(
-            Text(leaf["leaf"], style="bold"),
-            "",
-            str(leaf["kept"]),
-            f"kept for training, {leaf['heldout']} held out, {leaf['rounds']} rounds, "
-            f"{leaf['teacher_calls']} teacher calls",
-        )
-        for stage in leaf["stages"]:
-            why = ", ".join(f"{k} {v}" for k, v in stage["dropped"].items() if v)
-            table.add_row(Text("  " + stage["block"]), str(stage["in"]), str(stage["out"]), Text(why))
-    return table
-
-
-def _empty_leaf_warnings(stats: dict[str, Any]) -> list[str]:
-    out = []
-    for leaf in stats["leaves"]:
-        if leaf["kept"] == 0:
-            worst = max(leaf["stages"], key=lambda s: s["in"] - s["out"], default=None)
-            where = f"; most rows were lost at {worst['block']} ({worst['dropped']})" if worst else ""
-            out.append(f"leaf {leaf['leaf']} produced no samples{where}")
-    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -191,7 +77,7 @@ def generate_command(
             "taxonomy.offline": offline,
         },
     )
-    chosen = _select(load_leaves([taxonomy], ValidationOptions.from_settings(s)), leaves)
+    chosen = select_leaves(load_leaves([taxonomy], ValidationOptions.from_settings(s)), leaves)
     pipelines: dict[PipelineKind, Pipeline] = {}
     for path in pipeline or []:
         p = load_pipeline(path)
@@ -201,21 +87,11 @@ def generate_command(
     cache = None if no_cache else out / "cache.sqlite"
     teacher_backend = open_teacher(s.teacher.model, s, cache)
     judge_backend = open_teacher(s.sdg.judge, s, cache) if s.sdg.judge else None
-    chat = None if s.sdg.teacher_format == "auto" else s.sdg.teacher_format == "chat"
-    options = GenerateOptions(
-        samples_per_leaf=s.sdg.samples_per_leaf,
-        seed=s.sdg.seed,
-        heldout_fraction=s.sdg.heldout_fraction,
-        replay_fraction=s.sdg.replay_fraction,
-        system_prompt=s.sdg.system_prompt,
-        context_variants=s.sdg.context_variants,
-        chat=chat,
-        pipelines=pipelines,
-    )
-    result = asyncio.run(run_generation(jobs, teacher_backend, judge_backend, out, options))
+    options = options_from_settings(s, pipelines)
+    result = asyncio.run(run_generation(jobs, teacher_backend, judge_backend, out, options, err_console))
     stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
     console.print(funnel_table(stats))
-    for warning in _empty_leaf_warnings(stats):
+    for warning in empty_leaf_warnings(stats):
         console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     console.print(
         f"phase1.jsonl: {len(result.phase1)} records, phase2.jsonl: {len(result.phase2)} records "

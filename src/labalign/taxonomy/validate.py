@@ -198,23 +198,30 @@ def _check_document(
 def load_leaves(paths: Iterable[Path], options: ValidationOptions | None = None) -> list[Leaf]:
     """Leaves ready for generation; raises a one-line TaxonomyError when any file has errors."""
     result = validate_paths(paths, options)
-    if not result.report.ok:
-        first = next(f for f in result.report.files if f.errors)
-        p = first.errors[0]
-        raise TaxonomyError(
-            f"{result.report.error_count} errors in the taxonomy, first: [{p.yaml_path}] {p.message}",
-            path=first.path,
-            line=p.line,
-            column=p.column,
-            hint="run 'labalign taxonomy validate' for the full list",
-        )
+    raise_for_errors(result)
     return result.leaves
+
+
+def raise_for_errors(result: ValidationResult) -> None:
+    """A one-line TaxonomyError naming the first error (and how many there are), if any."""
+    if result.report.ok:
+        return
+    first = next(f for f in result.report.files if f.errors)
+    p = first.errors[0]
+    raise TaxonomyError(
+        f"{result.report.error_count} errors in the taxonomy, first: [{p.yaml_path}] {p.message}",
+        path=first.path,
+        line=p.line,
+        column=p.column,
+        hint="run 'labalign taxonomy validate' for the full list",
+    )
 
 
 __all__ = [
     "ValidationOptions",
     "ValidationResult",
     "load_leaves",
+    "raise_for_errors",
     "validate_file",
     "validate_files",
     "validate_paths",

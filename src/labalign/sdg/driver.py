@@ -1,0 +1,177 @@
+"""Generation as the CLI and `labalign run` drive it: leaves and their document chunks resolved per the
+settings, the teacher behind the request cache, progress bars per leaf, and the funnel table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from labalign.config import Settings
+from labalign.documents import (
+    DocumentFile,
+    DocumentSource,
+    chunk_documents,
+    read_document,
+    resolve_documents,
+    token_counter,
+)
+from labalign.errors import LabalignError
+from labalign.llm.types import Backend
+from labalign.sdg.generate import GenerateOptions, GenerateResult, LeafInput, generate
+from labalign.sdg.pipeline import Pipeline, PipelineKind
+from labalign.taxonomy import Leaf
+
+
+def select_leaves(leaves: list[Leaf], wanted: Sequence[str] | None) -> list[Leaf]:
+    """The leaves named (or under the folders named) in `wanted`; all when it is empty."""
+    if not wanted:
+        return leaves
+    chosen = [
+        leaf
+        for leaf in leaves
+        if any(leaf.name == w.strip("/") or leaf.name.startswith(w.strip("/") + "/") for w in wanted)
+    ]
+    if not chosen:
+        raise LabalignError(
+            f"no leaf matches --leaves {' '.join(wanted)}",
+            hint=f"leaves are: {', '.join(leaf.name for leaf in leaves)}",
+        )
+    return chosen
+
+
+def resolve_leaf_documents(source: DocumentSource, base_dir: Path, s: Settings) -> list[DocumentFile] | None:
+    """A leaf's document files per the settings (cache, offline, size limit); None: offline + remote."""
+    return resolve_documents(
+        source,
+        base_dir=base_dir,
+        cache_dir=s.cache_dir,
+        offline=s.taxonomy.offline,
+        max_file_bytes=int(s.documents.max_file_mb * 2**20),
+    )
+
+
+def leaf_inputs(leaves: list[Leaf], s: Settings) -> list[LeafInput]:
+    """Each leaf with its document chunks (knowledge), resolved and chunked per the settings."""
+    count = token_counter(s.documents.tokenizer)
+    jobs: list[LeafInput] = []
+    for leaf in leaves:
+        if leaf.document is None:
+            jobs.append(LeafInput(leaf))
+            continue
+        files = resolve_leaf_documents(leaf.document, leaf.path.parent, s)
+        if files is None:
+            raise LabalignError(
+                f"documents of {leaf.name} are remote and not cached, and --offline is set",
+                path=leaf.path,
+                hint="run once without --offline to fetch them",
+            )
+        for f in files:
+            read_document(f)  # fail early, naming the file, before any teacher call
+        chunks = chunk_documents(files, max_tokens=s.documents.chunk_tokens, count_tokens=count)
+        if s.sdg.max_chunks is not None:
+            chunks = chunks[: s.sdg.max_chunks]
+        doc = {
+            "repo": leaf.document.repo,
+            "commit": files[0].commit if files else leaf.document.commit,
+            "patterns": list(leaf.document.patterns),
+        }
+        jobs.append(LeafInput(leaf, chunks, doc))
+    return jobs
+
+
+def open_teacher(spec: str, s: Settings, cache_path: Path | None) -> Backend:
+    """The model behind a spec, behind the request cache when one is given (resume without re-asking)."""
+    from labalign.llm.cache import CachedBackend
+    from labalign.llm.resolve import open_backend
+
+    backend = open_backend(spec, settings=s.llm, cache_dir=s.cache_dir)
+    return CachedBackend(backend, cache_path) if cache_path is not None else backend
+
+
+def options_from_settings(
+    s: Settings, pipelines: dict[PipelineKind, Pipeline] | None = None
+) -> GenerateOptions:
+    """GenerateOptions from the `sdg:` settings (and pipelines replacing the built-in ones)."""
+    chat = None if s.sdg.teacher_format == "auto" else s.sdg.teacher_format == "chat"
+    return GenerateOptions(
+        samples_per_leaf=s.sdg.samples_per_leaf,
+        seed=s.sdg.seed,
+        heldout_fraction=s.sdg.heldout_fraction,
+        replay_fraction=s.sdg.replay_fraction,
+        system_prompt=s.sdg.system_prompt,
+        context_variants=s.sdg.context_variants,
+        chat=chat,
+        pipelines=dict(pipelines or {}),
+    )
+
+
+async def run_generation(
+    jobs: list[LeafInput],
+    teacher: Backend,
+    judge: Backend | None,
+    out: Path,
+    options: GenerateOptions,
+    console: Console,
+) -> GenerateResult:
+    """Generate with one progress bar per leaf (stage, rows done of rows in the stage, ETA); the
+    backends are closed at the end."""
+    with Progress(
+        TextColumn("{task.fields[leaf]}", style="bold"),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        tasks: dict[str, TaskID] = {
+            j.leaf.name: progress.add_task("waiting", total=None, leaf=j.leaf.name) for j in jobs
+        }
+
+        def on_event(leaf: str, block: str, done: int, total: int) -> None:
+            progress.update(tasks[leaf], description=block, completed=done, total=total)
+
+        try:
+            return await generate(
+                jobs, teacher=teacher, judge=judge, out_dir=out, options=options, on_event=on_event
+            )
+        finally:
+            await teacher.aclose()
+            if judge is not None and judge is not teacher:
+                await judge.aclose()
+
+
+def funnel_table(stats: dict[str, Any]) -> Table:
+    """stats.json as a table: per leaf, each stage's rows in and out and why rows were dropped."""
+    table = Table(title="generation funnel")
+    for name in ("leaf / stage", "in", "out", "dropped (why)"):
+        table.add_column(name, justify="right" if name in ("in", "out") else "left", overflow="fold")
+    for leaf in stats["leaves"]:
+        table.add_section()
+        table.add_row(
+            Text(leaf["leaf"], style="bold"),
+            "",
+            str(leaf["kept"]),
+            f"kept for training, {leaf['heldout']} held out, {leaf['rounds']} rounds, "
+            f"{leaf['teacher_calls']} teacher calls",
+        )
+        for stage in leaf["stages"]:
+            why = ", ".join(f"{k} {v}" for k, v in stage["dropped"].items() if v)
+            table.add_row(Text("  " + stage["block"]), str(stage["in"]), str(stage["out"]), Text(why))
+    return table
+
+
+def empty_leaf_warnings(stats: dict[str, Any]) -> list[str]:
+    """One line per leaf that produced nothing, naming the stage that lost most rows."""
+    out = []
+    for leaf in stats["leaves"]:
+        if leaf["kept"] == 0:
+            worst = max(leaf["stages"], key=lambda s: s["in"] - s["out"], default=None)
+            where = f"; most rows were lost at {worst['block']} ({worst['dropped']})" if worst else ""
+            out.append(f"leaf {leaf['leaf']} produced no samples{where}")
+    return out
