@@ -124,7 +124,9 @@ def test_a_leaf_whose_samples_all_fail_is_reported_not_fatal(tmp_path: Path) -> 
     keep = next(s for s in skill["stages"] if s["block"] == "keep_good_questions")
     assert keep["out"] == 0 and keep["dropped"] == {"question_score=0": keep["in"]}
     assert skill["rounds"] == 4  # it kept trying up to max_rounds
-    assert read(tmp_path / "phase2.jsonl") == []
+    # No teacher sample anywhere: only the knowledge document's own chunks are trained on (and replayed).
+    assert {r["metadata"]["variant"] for r in read(tmp_path / "phase1.jsonl")} == {"document"}
+    assert all(r["metadata"].get("replay") for r in read(tmp_path / "phase2.jsonl"))
 
 
 def test_cli_generate_data_stats_and_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

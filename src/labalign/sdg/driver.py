@@ -106,6 +106,7 @@ def options_from_settings(
         replay_fraction=s.sdg.replay_fraction,
         system_prompt=s.sdg.system_prompt,
         context_variants=s.sdg.context_variants,
+        document_records=s.sdg.document_records,
         chat=chat,
         pipelines=dict(pipelines or {}),
     )

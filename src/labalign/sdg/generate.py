@@ -20,9 +20,9 @@ from labalign.documents import Chunk
 from labalign.llm.types import Backend
 from labalign.sdg import mix
 from labalign.sdg.blocks import BlockContext, LLMBlockConfig, run_block
-from labalign.sdg.dedup import NearDuplicateIndex
+from labalign.sdg.dedup import DedupMethod, near_duplicate_index
 from labalign.sdg.pipeline import Pipeline, PipelineKind, builtin_pipeline
-from labalign.sdg.rows import ROW_ID, Row
+from labalign.sdg.rows import ROW_ID, Row, stable_int
 from labalign.sdg.seeding import rows_for_round, seed_texts
 from labalign.sdg.stats import LeafStats
 from labalign.taxonomy import Leaf
@@ -40,6 +40,7 @@ class GenerateOptions:
     replay_fraction: float = 0.5
     system_prompt: str = ""
     context_variants: bool = True
+    document_records: bool = True
     chat: bool | None = None  # None: chat for OpenAI-compatible teachers, raw completion otherwise
     pipelines: dict[PipelineKind, Pipeline] = field(default_factory=dict)
 
@@ -97,9 +98,15 @@ async def _run_leaf(
         seed=options.seed,
         chat=chat,
         seed_texts=texts,
+        dedup=options.dedup,
     )
     wanted = options.samples_per_leaf + heldout_count(options.samples_per_leaf, options.heldout_fraction)
-    across_rounds = NearDuplicateIndex(0.7)
+    across_rounds = near_duplicate_index(
+        0.7,
+        options.dedup,
+        expected_texts=len(texts["question"]) + wanted,
+        seed=stable_int(f"{options.seed}/{leaf.name}/across_rounds", bits=32),
+    )
     for text in texts["question"]:
         across_rounds.add(text)
     kept: list[Row] = []
@@ -210,6 +217,8 @@ async def generate(
         if job.leaf.kind == "knowledge":
             base = {"leaf": job.leaf.name, "kind": "knowledge", "teacher": teacher.identity}
             leaf_records += mix.augmentation_records(output.train, base, options.system_prompt)
+            if options.document_records:
+                leaf_records += mix.document_records(job.chunks, base, options.system_prompt)
             phase1 += leaf_records
         else:
             skills += leaf_records

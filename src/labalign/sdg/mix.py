@@ -12,6 +12,7 @@ import random
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from labalign.documents import Chunk
 from labalign.sdg.rows import Row, stable_int
 
 Record = dict[str, Any]
@@ -74,6 +75,30 @@ def augmentation_records(rows: Iterable[Row], leaf_meta: dict[str, Any], system_
             }
             user = template.format(chunk=str(row["chunk"]).strip())
             out.append(record(_turn(user, str(row[column])), meta, system_prompt))
+    return out
+
+
+DOCUMENT_PROMPT = 'What does the document "{title}" say about {topic}?'
+
+
+def document_records(chunks: Iterable[Chunk], leaf_meta: dict[str, Any], system_prompt: str) -> list[Record]:
+    """Every chunk of a knowledge leaf's documents as the answer about its section. Teacher Q&A only
+    covers the chunks it was asked about; this shows the student the whole document, as InstructLab's
+    knowledge phase does with its raw-document (pretraining-format) records."""
+    out: list[Record] = []
+    for chunk in chunks:
+        path = [h for h in chunk.heading_path if h.strip()]
+        title = path[0] if path else chunk.source
+        topic = " > ".join(path[1:]) if len(path) > 1 else "its opening section"
+        meta = {
+            **leaf_meta,
+            "variant": "document",
+            "chunk_index": chunk.index,
+            "chunk_source": chunk.source,
+            "chunk_lines": [chunk.start_line, chunk.end_line],
+        }
+        user = DOCUMENT_PROMPT.format(title=title, topic=topic)
+        out.append(record(_turn(user, chunk.text.strip()), meta, system_prompt))
     return out
 
 

@@ -30,8 +30,18 @@ class SDGSettings(BaseModel):
     context_variants: bool = Field(
         True, description="Also train knowledge answers with the source chunk in the prompt."
     )
+    document_records: bool = Field(
+        True,
+        description="Also train on every document chunk itself (as the answer about its section), not "
+        "only on the teacher's questions about some chunks.",
+    )
     teacher_format: Literal["auto", "chat", "completion"] = Field(
         "auto",
         description="How prompts reach the teacher: auto = chat for servers, completion for local models.",
+    )
+    dedup: Literal["auto", "rouge", "minhash"] = Field(
+        "auto",
+        description="Near-duplicate removal (ROUGE-L >= 0.7): rouge compares with every kept sample; "
+        "minhash checks only MinHash LSH candidates (for large sets); auto: minhash from 1000 samples.",
     )
     max_chunks: int | None = Field(None, ge=1, description="Use at most this many chunks per knowledge leaf.")
