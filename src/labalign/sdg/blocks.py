@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from labalign.llm.types import Backend, GenerationParams, LLMRequest, LLMResult, Message
-from labalign.sdg.dedup import NearDuplicateIndex
+from labalign.sdg.dedup import DedupMethod, near_duplicate_index
 from labalign.sdg.prompts import PromptLibrary
 from labalign.sdg.rows import ROW_ID, Row, child_id, stable_int
 from labalign.sdg.stats import LeafStats
@@ -60,6 +60,11 @@ class DedupBlockConfig(_Block):
         0.7, gt=0.0, le=1.0, description="ROUGE-L F1 at or above which rows are duplicates."
     )
     against_seeds: bool = Field(True, description="Also drop rows that near-copy a seed example.")
+    method: DedupMethod | None = Field(
+        None,
+        description="rouge: compare with every kept row; minhash: MinHash LSH candidates checked with "
+        "ROUGE-L (large sets); auto: minhash from 1000 rows; unset: the sdg.dedup setting.",
+    )
 
 
 class MeltBlockConfig(_Block):
@@ -87,6 +92,7 @@ class BlockContext:
     seed: int
     chat: bool  # send prompts as one user message (instruct models) rather than raw completion
     seed_texts: dict[str, list[str]] = field(default_factory=dict)  # column -> the leaf's seed texts
+    dedup: DedupMethod = "auto"  # for dedup blocks that do not name a method
     on_progress: Callable[[str, int], None] | None = None  # (block name, rows done)
 
 
@@ -226,10 +232,15 @@ def _filter(config: FilterBlockConfig, rows: list[Row], ctx: BlockContext) -> li
 
 def _dedup(config: DedupBlockConfig, rows: list[Row], ctx: BlockContext) -> list[Row]:
     stage = ctx.stats.stage(config.name)
-    index = NearDuplicateIndex(config.threshold)
-    if config.against_seeds:
-        for text in ctx.seed_texts.get(config.column, []):
-            index.add(text)
+    seeds_texts = ctx.seed_texts.get(config.column, []) if config.against_seeds else []
+    index = near_duplicate_index(
+        config.threshold,
+        config.method or ctx.dedup,
+        expected_texts=len(seeds_texts) + len(rows),
+        seed=stable_int(f"{ctx.seed}/{ctx.leaf}/{config.name}", bits=32),
+    )
+    for text in seeds_texts:
+        index.add(text)
     seeds = len(index)
     out: list[Row] = []
     for row in rows:

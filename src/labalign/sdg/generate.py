@@ -41,6 +41,7 @@ class GenerateOptions:
     system_prompt: str = ""
     context_variants: bool = True
     document_records: bool = True
+    dedup: DedupMethod = "auto"  # near-duplicate removal (sdg.dedup)
     chat: bool | None = None  # None: chat for OpenAI-compatible teachers, raw completion otherwise
     pipelines: dict[PipelineKind, Pipeline] = field(default_factory=dict)
 
