@@ -1,0 +1,283 @@
+"""Forgetting check: perplexity of the base and the tuned model on general text that neither was tuned on.
+
+Tuning on a narrow taxonomy can erode what the base model knew about ordinary language. The shipped
+set (`data/general_text.jsonl`, original text written for labalign) covers encyclopedia, news, how-to,
+dialogue and narrative styles. Perplexity is exp(total token NLL / total predicted tokens) over the
+whole set; both models must tokenize it identically, or the per-token numbers are not comparable.
+
+The tuned model is flagged when its perplexity exceeds the base's by more than `DEFAULT_THRESHOLD`
+(10%, i.e. +0.095 nats per token). Identical weights give a ratio of exactly 1; LAB tuning with phase-1
+replay usually moves general-text perplexity by a few percent, so a rise beyond 10% means general
+language modelling clearly degraded rather than drifted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from labalign.errors import LabalignError
+from labalign.evaluate.stats import paired_delta
+from labalign.jsonl import iter_jsonl
+
+DEFAULT_THRESHOLD = 0.10
+DEFAULT_WINDOW = 1024  # tokens per forward pass: enough for every shipped document at once
+ProgressCallback = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    style: str
+    title: str
+    text: str
+
+
+def default_text_path() -> Path:
+    return Path(str(resources.files("labalign.evaluate") / "data" / "general_text.jsonl"))
+
+
+def load_documents(path: Path | None = None) -> list[Document]:
+    """The general-text set: `path` (JSON Lines with at least "text"), or the one labalign ships."""
+    source = path or default_text_path()
+    docs = []
+    for line, record in iter_jsonl(source, hint='each line is {"id": ..., "text": ...}'):
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("text"), str)
+            or not record["text"].strip()
+        ):
+            raise LabalignError("a general-text record needs a non-empty 'text'", path=source, line=line)
+        docs.append(
+            Document(
+                str(record.get("id", f"line-{line}")),
+                str(record.get("style", "")),
+                str(record.get("title", "")),
+                record["text"],
+            )
+        )
+    if not docs:
+        raise LabalignError("the general-text set is empty", path=source)
+    return docs
+
+
+@dataclass
+class Perplexity:
+    """One model's summed token NLL (nats) and predicted-token count per document; `ids_sha256` is a
+    digest of the token ids it read (equal digests: the same tokenization)."""
+
+    identity: str
+    nll: list[float]
+    tokens: list[int]
+    ids_sha256: str
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(sum(self.nll) / sum(self.tokens))
+
+    def per_token(self) -> list[float]:
+        return [n / t for n, t in zip(self.nll, self.tokens, strict=True)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "identity": self.identity,
+            "nll": self.nll,
+            "tokens": self.tokens,
+            "ids_sha256": self.ids_sha256,
+        }
+
+
+def tokenize(tokenizer: Any, docs: Sequence[Document]) -> list[list[int]]:
+    """Token ids as the model reads text (with its BOS, when the tokenizer adds one)."""
+    return [list(tokenizer(d.text, add_special_tokens=True)["input_ids"]) for d in docs]
+
+
+def windows(ids: Sequence[int], size: int) -> list[list[int]]:
+    """Split a document so that every token but the first is predicted exactly once: each window after
+    the first starts with the previous window's last token, its only context across the cut."""
+    if size < 2:
+        raise ValueError("a window needs at least 2 tokens")
+    out = [list(ids[:size])]
+    start = size - 1
+    while start < len(ids) - 1:
+        out.append(list(ids[start : start + size]))
+        start += size - 1
+    return out
+
+
+def _check_head(model: Any, spec: Any, device: Any) -> None:
+    """Decoder + chunked head must reproduce the model's own logits; a family with a logit transform
+    we do not know would otherwise give silently wrong perplexities."""
+    import torch
+
+    from labalign.train.loss import chunked_cross_entropy_sum
+
+    vocab = spec.weight.shape[0]
+    ids = (torch.arange(9, device=device) * 7919 % vocab).unsqueeze(0)
+    logits = model(input_ids=ids[:, :-1], use_cache=False).logits.float()
+    expected = torch.nn.functional.cross_entropy(logits[0], ids[0, 1:], reduction="sum")
+    hidden = model.get_decoder()(input_ids=ids[:, :-1], use_cache=False).last_hidden_state
+    ours, _ = chunked_cross_entropy_sum(hidden[0], ids[0, 1:], spec)
+    if not torch.allclose(ours.float(), expected, rtol=1e-3, atol=1e-3):
+        raise LabalignError(
+            f"{type(model).__name__}: its LM head applies a transform labalign does not know",
+            hint="report the model family",
+        )
+
+
+def score(
+    model_dir: Path,
+    docs: Sequence[Document],
+    *,
+    window: int = DEFAULT_WINDOW,
+    batch_size: int = 4,
+    on_progress: ProgressCallback | None = None,
+    label: str = "model",
+) -> Perplexity:
+    """Per-document NLL of the model in `model_dir` (in-process, no gradients, batched)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from labalign.llm.hf import model_dir_identity, pick_device, pick_dtype
+    from labalign.train.loss import chunked_cross_entropy_sum, head_spec
+    from labalign.train.model import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    ids = tokenize(tokenizer, docs)
+    device = pick_device(None)
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=pick_dtype(device, None), local_files_only=True
+        )
+    except (OSError, ValueError) as exc:
+        raise LabalignError(f"cannot load the model: {exc}", path=model_dir) from exc
+    model.to(device).eval()
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None) or window
+    size = max(2, min(window, int(limit)))
+    pieces = [(d, w) for d, doc_ids in enumerate(ids) for w in windows(doc_ids, size) if len(w) > 1]
+    # Longest first, so each batch pads little and the slowest batch shows up early in the estimate.
+    pieces.sort(key=lambda p: -len(p[1]))
+    nll = [0.0] * len(docs)
+    counts = [max(0, len(doc_ids) - 1) for doc_ids in ids]
+    phase = f"{label}: perplexity"
+    with torch.no_grad():
+        spec = head_spec(model)
+        _check_head(model, spec, device)
+        decoder = model.get_decoder()
+        for start in range(0, len(pieces), batch_size):
+            batch = pieces[start : start + batch_size]
+            width = len(batch[0][1])
+            input_ids = torch.zeros((len(batch), width), dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, (_, w) in enumerate(batch):
+                input_ids[row, : len(w)] = torch.tensor(w)
+                mask[row, : len(w)] = 1
+            # Right padding: real tokens keep positions 0..n-1, and padded positions are never scored.
+            hidden = decoder(
+                input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False
+            ).last_hidden_state
+            for row, (doc, w) in enumerate(batch):
+                n = len(w)
+                total, _ = chunked_cross_entropy_sum(
+                    hidden[row, : n - 1], input_ids[row, 1:n].to(device), spec
+                )
+                nll[doc] += float(total)
+            if on_progress is not None:
+                on_progress(phase, min(start + batch_size, len(pieces)), len(pieces))
+    del model
+    if not any(counts):
+        raise LabalignError("the general text is too short to score", hint="give longer documents")
+    digest = hashlib.sha256(json.dumps(ids).encode()).hexdigest()
+    return Perplexity(model_dir_identity(model_dir), nll, counts, digest)
+
+
+def score_cached(
+    model_dir: Path,
+    docs: Sequence[Document],
+    cache_dir: Path | None,
+    *,
+    window: int = DEFAULT_WINDOW,
+    batch_size: int = 4,
+    on_progress: ProgressCallback | None = None,
+    label: str = "model",
+) -> Perplexity:
+    """`score`, remembered per (weights, text, window) in `cache_dir`: the base model is scored once,
+    not on every run."""
+    from labalign.llm.hf import model_dir_identity
+
+    key_src = json.dumps(
+        {"model": model_dir_identity(model_dir), "docs": [d.text for d in docs], "window": window},
+        sort_keys=True,
+    )
+    path = None
+    if cache_dir is not None:
+        path = cache_dir / f"{hashlib.sha256(key_src.encode()).hexdigest()[:32]}.json"
+        if path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if on_progress is not None:
+                on_progress(f"{label}: perplexity (cached)", 1, 1)
+            return Perplexity(data["identity"], data["nll"], data["tokens"], data["ids_sha256"])
+    result = score(
+        model_dir, docs, window=window, batch_size=batch_size, on_progress=on_progress, label=label
+    )
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result.to_json()), encoding="utf-8")
+        tmp.replace(path)
+    return result
+
+
+def compare(
+    docs: Sequence[Document],
+    tuned: Perplexity,
+    base: Perplexity,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    source: str = "",
+) -> dict[str, Any]:
+    """Both perplexities, their ratio, a per-document paired delta of per-token NLL, and the flag."""
+    if tuned.ids_sha256 != base.ids_sha256 or tuned.tokens != base.tokens:
+        raise LabalignError(
+            "the tuned and base models tokenize the general text differently",
+            hint="perplexities are per token, so the forgetting check needs both models to share a tokenizer",
+        )
+    ratio = tuned.perplexity / base.perplexity
+    styles: dict[str, dict[str, float]] = {}
+    for style in sorted({d.style for d in docs}):
+        index = [i for i, d in enumerate(docs) if d.style == style]
+        tokens = sum(tuned.tokens[i] for i in index)
+        if tokens:
+            styles[style] = {
+                "model": math.exp(sum(tuned.nll[i] for i in index) / tokens),
+                "base": math.exp(sum(base.nll[i] for i in index) / tokens),
+            }
+    return {
+        "dataset": {"source": source, "documents": len(docs), "tokens": sum(tuned.tokens)},
+        "models": {"model": tuned.identity, "base": base.identity},
+        "model": {"perplexity": tuned.perplexity, "nll_per_token": sum(tuned.nll) / sum(tuned.tokens)},
+        "base": {"perplexity": base.perplexity, "nll_per_token": sum(base.nll) / sum(base.tokens)},
+        "ratio": ratio,
+        "threshold": threshold,
+        "flagged": ratio > 1 + threshold,
+        # Per-document NLL/token, tuned - base: positive means worse; the CI says how consistent.
+        "delta_nll_per_token": paired_delta(tuned.per_token(), base.per_token(), tie=0.01).as_dict(),
+        "styles": styles,
+        "documents": [
+            {
+                "id": d.id,
+                "style": d.style,
+                "title": d.title,
+                "tokens": tuned.tokens[i],
+                "model": math.exp(tuned.nll[i] / tuned.tokens[i]) if tuned.tokens[i] else None,
+                "base": math.exp(base.nll[i] / base.tokens[i]) if base.tokens[i] else None,
+            }
+            for i, d in enumerate(docs)
+        ],
+    }
