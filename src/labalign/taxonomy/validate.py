@@ -209,7 +209,8 @@ def raise_for_errors(result: ValidationResult) -> None:
     first = next(f for f in result.report.files if f.errors)
     p = first.errors[0]
     raise TaxonomyError(
-        f"{result.report.error_count} errors in the taxonomy, first: [{p.yaml_path}] {p.message}",
+        f"{result.report.error_count} error{'s' if result.report.error_count != 1 else ''} in the taxonomy, "
+        f"first: [{p.yaml_path}] {p.message}",
         path=first.path,
         line=p.line,
         column=p.column,

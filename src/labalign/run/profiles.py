@@ -1,0 +1,98 @@
+"""Run profiles: settings that sit just above the built-in defaults (a config file, LABALIGN_* variables
+and flags still win), plus which evaluations run.
+
+- quick: the embedded Gemma 3 270M as teacher and student on a laptop CPU; minutes. Enough data and
+  training for the student to learn the example taxonomy's facts, measurably.
+- standard: a real teacher (an OpenAI-compatible server such as vLLM) and GPU training; hours.
+- full: LAB-scale data and InstructLab's phased schedule (phase 1: 7 epochs, phase 2: 10); a GPU server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from labalign.errors import LabalignError
+
+EVALUATIONS = ("branch", "forgetting", "mt-bench", "mmlu")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    summary: str
+    settings: dict[str, Any] = field(default_factory=dict)  # dotted keys, as in `labalign config`
+    evals: tuple[str, ...] = ("branch", "forgetting")
+    eval_max_tokens: int = 256
+    eval_seeds: bool = True  # also ask each leaf's seed questions (InstructLab's MT-Bench-branch does)
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile(
+            name="quick",
+            summary="embedded 270M teacher and student on the CPU; about 15 minutes on 2 cores",
+            settings={
+                "sdg.samples_per_leaf": 6,
+                "sdg.heldout_fraction": 0.2,
+                "train.lora": False,
+                "train.epochs": 3,
+                "train.learning_rate": 1e-4,
+                "train.batch_size": 8,
+                "train.warmup_steps": 2,
+                "train.max_seq_len": 1024,
+                "train.max_batch_tokens": 4096,
+                "train.holdout_fraction": 0.0,
+            },
+            evals=("branch", "forgetting"),
+            eval_max_tokens=96,
+            eval_seeds=False,
+        ),
+        Profile(
+            name="standard",
+            summary="a real teacher (vLLM or any OpenAI-compatible server) and one GPU; hours",
+            settings={
+                "sdg.samples_per_leaf": 100,
+                "train.lora": False,
+                "train.phase1_epochs": 5,
+                "train.phase2_epochs": 5,
+                "train.learning_rate": 2e-5,
+                "train.batch_size": 64,
+                "train.warmup_steps": 25,
+                "train.max_seq_len": 4096,
+                "train.max_batch_tokens": 16384,
+                "train.save_every": 200,
+            },
+            evals=("branch", "forgetting", "mt-bench"),
+        ),
+        Profile(
+            name="full",
+            summary="LAB scale: 1000 samples per leaf, InstructLab's phased schedule; a GPU server",
+            settings={
+                "sdg.samples_per_leaf": 1000,
+                "train.lora": False,
+                "train.phase1_epochs": 7,
+                "train.phase2_epochs": 10,
+                "train.learning_rate": 2e-5,
+                "train.phase1_batch_size": 128,
+                "train.phase2_batch_size": 3840,
+                "train.warmup_steps": 25,
+                "train.max_seq_len": 4096,
+                "train.max_batch_tokens": 60000,
+                "train.save_every": 500,
+                "train.gradient_checkpointing": True,
+            },
+            evals=EVALUATIONS,
+        ),
+    )
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise LabalignError(
+            f"unknown profile {name!r}", hint=f"choose one of: {', '.join(PROFILES)}"
+        ) from None

@@ -1,0 +1,212 @@
+"""The stages of a run. Each reads and writes only inside the run directory and returns a small
+summary for the manifest; each is resumable on its own (generation through the request cache,
+training through its checkpoints, evaluation through its answer cache)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from labalign.config import Settings, settings_as_yaml
+from labalign.errors import LabalignError
+from labalign.run.profiles import Profile
+from labalign.taxonomy import Leaf, ValidationOptions, validate_paths
+from labalign.taxonomy.validate import raise_for_errors
+
+DATA, TRAIN, EVAL = "data", "train", "eval"
+_PHASE_KEYS = ("phase", "steps", "samples", "tokens", "seconds", "heldout_loss", "best_step")
+
+
+@dataclass
+class RunContext:
+    """What every stage sees. `fresh` is True when the stage starts over (its earlier outputs are
+    stale), False when it resumes an interrupted attempt."""
+
+    run_dir: Path
+    taxonomy: Path
+    settings: Settings
+    profile: Profile
+    student: str
+    eval_judge: str | None
+    console: Console
+    nproc: int = 1
+    fresh: bool = True
+    leaves: list[Leaf] = field(default_factory=list)
+
+    @property
+    def teacher(self) -> str:
+        return self.settings.teacher.model
+
+
+def validate(ctx: RunContext) -> dict[str, Any]:
+    result = validate_paths([ctx.taxonomy], ValidationOptions.from_settings(ctx.settings))
+    report = result.report
+    (ctx.run_dir / "validation.json").write_text(
+        json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    raise_for_errors(result)
+    if not result.leaves:
+        raise LabalignError(
+            "no leaves (qna.yaml files) in the taxonomy",
+            path=ctx.taxonomy,
+            hint="give the folder that holds compositional_skills/ and knowledge/",
+        )
+    ctx.leaves = result.leaves
+    for line in report.lines():
+        ctx.console.print(line, highlight=False, soft_wrap=True, markup=False)
+    return {
+        "leaves": [
+            {
+                "name": leaf.name,
+                "kind": leaf.kind,
+                "seed_examples": len(leaf.seed_examples),
+                "document": leaf.document.repo if leaf.document else None,
+            }
+            for leaf in result.leaves
+        ],
+        "files": len(report.files),
+        "errors": report.error_count,
+        "warnings": report.warning_count,
+    }
+
+
+def generate(ctx: RunContext) -> dict[str, Any]:
+    from labalign.sdg.driver import (
+        empty_leaf_warnings,
+        funnel_table,
+        leaf_inputs,
+        open_teacher,
+        options_from_settings,
+        run_generation,
+    )
+
+    out = ctx.run_dir / DATA
+    if ctx.fresh and (out / "leaves").exists():
+        shutil.rmtree(out / "leaves")  # a removed leaf must not linger; the request cache stays
+    out.mkdir(parents=True, exist_ok=True)
+    s = ctx.settings
+    jobs = leaf_inputs(ctx.leaves, s)
+    cache = out / "cache.sqlite"
+    teacher = open_teacher(s.teacher.model, s, cache)
+    judge = open_teacher(s.sdg.judge, s, cache) if s.sdg.judge else None
+    result = asyncio.run(run_generation(jobs, teacher, judge, out, options_from_settings(s), ctx.console))
+    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    ctx.console.print(funnel_table(stats))
+    for warning in empty_leaf_warnings(stats):
+        ctx.console.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
+    if not result.phase1 and not result.phase2:
+        raise LabalignError(
+            "the teacher's output gave no training records for any leaf (see the funnel above)",
+            path=out / "stats.json",
+            hint="use a stronger teacher (--teacher http://host:port/v1) or more samples per leaf",
+        )
+    return {
+        "phase1_records": len(result.phase1),
+        "phase2_records": len(result.phase2),
+        "teacher_calls": sum(int(leaf["teacher_calls"]) for leaf in stats["leaves"]),
+        "leaves": {
+            leaf["leaf"]: {"kept": leaf["kept"], "heldout": leaf["heldout"]} for leaf in stats["leaves"]
+        },
+    }
+
+
+def _phase_file(path: Path) -> Path | None:
+    return path if path.is_file() and path.stat().st_size > 0 else None
+
+
+def train(ctx: RunContext) -> dict[str, Any]:
+    out = ctx.run_dir / TRAIN
+    if ctx.fresh and out.exists():
+        shutil.rmtree(out)  # checkpoints of other data or settings must not be resumed
+    data = ctx.run_dir / DATA
+    phase1, phase2 = _phase_file(data / "phase1.jsonl"), _phase_file(data / "phase2.jsonl")
+    if ctx.nproc > 1:
+        _train_processes(ctx, out, phase1, phase2)
+    else:
+        from labalign.train import TrainConfig
+        from labalign.train import train as run_training
+
+        run_training(
+            TrainConfig(
+                model=ctx.student,
+                out=out,
+                phase1=phase1,
+                phase2=phase2,
+                settings=ctx.settings.train,
+                resume=True,  # a no-op on an empty folder; continues an interrupted attempt
+                cache_dir=ctx.settings.cache_dir,
+            )
+        )
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    return {
+        "final": str(out / "final"),
+        "phases": [
+            {
+                k: p.get(k)
+                for k in ("phase", "steps", "samples", "tokens", "seconds", "heldout_loss", "best_step")
+            }
+            for p in summary.get("phases", [])
+        ],
+    }
+
+
+def _train_processes(ctx: RunContext, out: Path, phase1: Path | None, phase2: Path | None) -> None:
+    """`labalign train --nproc N` in child processes (torch.distributed.run), with this run's settings."""
+    config = ctx.run_dir / "settings.yaml"
+    config.write_text(settings_as_yaml(ctx.settings), encoding="utf-8")
+    args = [sys.executable, "-m", "labalign", "--config", str(config), "train", "--model", ctx.student]
+    args += ["--out", str(out), "--resume", "--nproc", str(ctx.nproc)]
+    for flag, path in (("--phase1", phase1), ("--phase2", phase2)):
+        if path is not None:
+            args += [flag, str(path)]
+    code = subprocess.call(args)
+    if code != 0:
+        raise LabalignError(f"distributed training failed (exit code {code})", path=out)
+
+
+def evaluate(ctx: RunContext) -> dict[str, Any]:
+    from labalign.evaluate.suite import EvalPlan, evaluate_all
+
+    out = ctx.run_dir / EVAL
+    if ctx.fresh and out.exists():
+        shutil.rmtree(out)  # cached answers belong to the model that was there before
+    out.mkdir(parents=True, exist_ok=True)
+    plan = EvalPlan(
+        model=str(ctx.run_dir / TRAIN / "final"),
+        base=ctx.student,
+        judge=ctx.eval_judge,
+        taxonomy=ctx.taxonomy,
+        out=out,
+        data=ctx.run_dir / DATA,
+        evals=ctx.profile.evals,
+        max_tokens=ctx.profile.eval_max_tokens,
+        cache_path=out / "cache.sqlite",
+    )
+    results = evaluate_all(plan, ctx.settings)
+    return {k: v for k, v in results.items() if k in ("regressions",)} | {
+        "evaluations": sorted(k for k in results if k != "regressions")
+    }
+
+
+def report(ctx: RunContext) -> dict[str, Any]:
+    from labalign.report import render_report
+
+    return {"report": str(render_report(ctx.run_dir))}
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[RunContext], dict[str, Any]]] = {
+    "validate": validate,
+    "generate": generate,
+    "train": train,
+    "evaluate": evaluate,
+    "report": report,
+}

@@ -1,0 +1,222 @@
+"""`labalign run`'s bookkeeping with the stages replaced by recorders: resume where it stopped,
+redo from a changed input (and name it), --from, interrupts, failures and the lock."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from labalign.config import load_settings
+from labalign.errors import LabalignError
+from labalign.run import runner, stages
+from labalign.run.manifest import load_manifest
+from labalign.run.profiles import get_profile
+from labalign.run.runner import RunInterrupted, RunOptions, plan_stages
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+class Recorder:
+    """Stage functions that record their calls; `fail` maps a stage to the exception it raises once."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, bool]] = []
+        self.fail: dict[str, BaseException] = {}
+        fake: dict[str, Callable[[stages.RunContext], dict[str, Any]]] = {}
+        for name in ("generate", "train", "evaluate", "report"):
+            fake[name] = self._make(name)
+        fake["validate"] = self._validate
+        monkeypatch.setattr(runner, "STAGE_FUNCTIONS", fake)
+
+    def _validate(self, ctx: stages.RunContext) -> dict[str, Any]:
+        self.calls.append(("validate", ctx.fresh))
+        return stages.validate(ctx)
+
+    def _make(self, name: str) -> Callable[[stages.RunContext], dict[str, Any]]:
+        def stage(ctx: stages.RunContext) -> dict[str, Any]:
+            self.calls.append((name, ctx.fresh))
+            if name in self.fail:
+                raise self.fail.pop(name)
+            return {"stage": name}
+
+        return stage
+
+    def ran(self) -> list[str]:
+        out = [f"{name}{'' if fresh else ' (resume)'}" for name, fresh in self.calls if name != "validate"]
+        self.calls.clear()
+        return out
+
+
+@pytest.fixture
+def taxonomy(tmp_path: Path) -> Path:
+    # A copy with its documents and held-out questions beside it, so tests may edit inputs.
+    for name in ("taxonomy", "documents", "heldout"):
+        shutil.copytree(EXAMPLES / name, tmp_path / "ex" / name)
+    return tmp_path / "ex" / "taxonomy"
+
+
+def go(taxonomy: Path, out: Path, console: Console | None = None, **kw: Any) -> Any:
+    profile = get_profile(kw.pop("profile", "quick"))
+    settings = load_settings(overrides=kw.pop("overrides", {}), defaults=profile.settings)
+    options = RunOptions(taxonomy=taxonomy, out=out, profile=profile, **kw)
+    return runner.run(options, settings, console or Console(file=io.StringIO()))
+
+
+def test_second_run_skips_done_stages_and_renders_the_report(
+    monkeypatch: pytest.MonkeyPatch, taxonomy: Path, tmp_path: Path
+) -> None:
+    rec = Recorder(monkeypatch)
+    manifest = go(taxonomy, tmp_path / "run")
+    assert rec.ran() == ["generate", "train", "evaluate", "report"]
+    assert all(manifest.stage(s).status == "done" for s in ("validate", "generate", "train", "report"))
+    assert manifest.inputs["documents/knowledge/history/quillmarrow_island/quillmarrow_island.md"]
+    assert any(k.startswith("heldout/") for k in manifest.inputs)
+    assert manifest.stage("validate").summary["leaves"][0]["name"]
+    go(taxonomy, tmp_path / "run")
+    assert rec.ran() == ["report"]
+    assert load_manifest(tmp_path / "run") is not None
+
+
+def test_interrupted_stage_resumes_and_later_stages_start_fresh(
+    monkeypatch: pytest.MonkeyPatch, taxonomy: Path, tmp_path: Path
+) -> None:
+    rec = Recorder(monkeypatch)
+    rec.fail["train"] = KeyboardInterrupt()
+    with pytest.raises(RunInterrupted, match="interrupted during train"):
+        go(taxonomy, tmp_path / "run")
+    manifest = load_manifest(tmp_path / "run")
+    assert manifest is not None and manifest.stage("train").status == "interrupted"
+    assert rec.ran() == ["generate", "train", "report"]  # the report of a stopped run still renders
+    manifest = go(taxonomy, tmp_path / "run")
+    assert rec.ran() == ["train (resume)", "evaluate", "report"]
+    assert manifest.stage("train").attempts == 2 and manifest.stage("generate").attempts == 1
+
+
+def test_a_killed_stage_left_running_is_resumed(
+    monkeypatch: pytest.MonkeyPatch, taxonomy: Path, tmp_path: Path
+) -> None:
+    rec = Recorder(monkeypatch)
+    go(taxonomy, tmp_path / "run")
+    manifest = load_manifest(tmp_path / "run")
+    assert manifest is not None
+    manifest.stage("evaluate").status = "running"  # what SIGKILL leaves behind
+    manifest.save(tmp_path / "run")
+    rec.ran()
+    go(taxonomy, tmp_path / "run")
+    assert rec.ran() == ["evaluate (resume)", "report"]
+
+
+def test_changed_inputs_are_named_and_redone_from_the_stage_they_feed(
+    monkeypatch: pytest.MonkeyPatch, taxonomy: Path, tmp_path: Path
+) -> None:
+    rec = Recorder(monkeypatch)
+    go(taxonomy, tmp_path / "run")
+    rec.ran()
+    heldout = next((taxonomy.parent / "heldout").rglob("heldout.jsonl"))
+    heldout.write_text(heldout.read_text() + '{"question": "Q?", "reference": "A."}\n')
+    console = Console(record=True, width=300)
+    go(taxonomy, tmp_path / "run", console)
+    assert rec.ran() == ["evaluate", "report"]
+    assert (
+        f"heldout/{heldout.relative_to(taxonomy.parent / 'heldout').as_posix()} (changed)"
+        in console.export_text()
+    )
+
+    doc = taxonomy.parent / "documents" / "quillmarrow_island.md"
+    doc.write_text(doc.read_text() + "\nOne more fact.\n")
+    go(taxonomy, tmp_path / "run", overrides={"train.epochs": 5})
+    assert rec.ran() == ["generate", "train", "evaluate", "report"]
+
+    console = Console(record=True, width=300)
+    go(taxonomy, tmp_path / "run", console, overrides={"train.epochs": 4})
+    assert rec.ran() == ["train", "evaluate", "report"]
+    assert "train.epochs: 5 -> 4" in console.export_text()
+
+
+def test_from_redoes_that_stage_and_everything_after(
+    monkeypatch: pytest.MonkeyPatch, taxonomy: Path, tmp_path: Path
+) -> None:
+    rec = Recorder(monkeypatch)
+    go(taxonomy, tmp_path / "run")
+    rec.ran()
+    go(taxonomy, tmp_path / "run", from_stage="train")
+    assert rec.ran() == ["train", "evaluate", "report"]
+    with pytest.raises(LabalignError, match="unknown stage 'trian'"):
+        go(taxonomy, tmp_path / "run", from_stage="trian")
+
+
+def test_a_failed_stage_is_recorded_and_retried(
+    monkeypatch: pytest.MonkeyPatch, taxonomy: Path, tmp_path: Path
+) -> None:
+    rec = Recorder(monkeypatch)
+    rec.fail["generate"] = LabalignError("teacher unreachable", hint="start it")
+    with pytest.raises(LabalignError, match="teacher unreachable"):
+        go(taxonomy, tmp_path / "run")
+    manifest = load_manifest(tmp_path / "run")
+    assert manifest is not None
+    assert manifest.stage("generate").status == "failed"
+    assert "teacher unreachable" in (manifest.stage("generate").error or "")
+    rec.ran()
+    go(taxonomy, tmp_path / "run")
+    assert rec.ran() == ["generate (resume)", "train", "evaluate", "report"]
+
+
+def test_invalid_taxonomy_fails_validation_without_running_anything(
+    monkeypatch: pytest.MonkeyPatch, taxonomy: Path, tmp_path: Path
+) -> None:
+    rec = Recorder(monkeypatch)
+    qna = next(taxonomy.rglob("qna.yaml"))
+    qna.write_text(qna.read_text().replace("version: 3", "version: 99"))
+    with pytest.raises(LabalignError, match="1 error in the taxonomy") as info:
+        go(taxonomy, tmp_path / "run")
+    assert Path(str(info.value.path)) == qna
+    assert rec.ran() == []
+    manifest = load_manifest(tmp_path / "run")
+    assert manifest is not None and manifest.stage("validate").status == "failed"
+    assert (tmp_path / "run" / "validation.json").is_file()
+
+
+def test_one_run_per_directory(monkeypatch: pytest.MonkeyPatch, taxonomy: Path, tmp_path: Path) -> None:
+    import fcntl
+
+    Recorder(monkeypatch)
+    (tmp_path / "run").mkdir()
+    with (tmp_path / "run" / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        with pytest.raises(LabalignError, match="another labalign run"):
+            go(taxonomy, tmp_path / "run")
+
+
+def test_damaged_manifest_is_a_one_line_error(taxonomy: Path, tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text('{"stages": ')
+    with pytest.raises(LabalignError, match="manifest is damaged") as info:
+        go(taxonomy, tmp_path / "run")
+    assert Path(str(info.value.path)) == tmp_path / "run" / "manifest.json"
+
+
+def test_plan_when_nothing_ran_yet() -> None:
+    from labalign.run.manifest import Manifest
+
+    plans = plan_stages(Manifest(), {s: "x" for s in ("generate", "train", "evaluate", "report")}, None)
+    assert [(p.stage, p.action) for p in plans] == [
+        ("generate", "run"),
+        ("train", "run"),
+        ("evaluate", "run"),
+        ("report", "run"),
+    ]
+
+
+def test_profiles_sit_below_flags() -> None:
+    profile = get_profile("quick")
+    s = load_settings(overrides={"sdg.samples_per_leaf": 3}, defaults=profile.settings)
+    assert s.sdg.samples_per_leaf == 3
+    assert s.train.epochs == profile.settings["train.epochs"]
+    with pytest.raises(LabalignError, match="unknown profile"):
+        get_profile("huge")
