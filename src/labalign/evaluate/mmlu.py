@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import math
 import os
 import sys
@@ -39,10 +40,9 @@ GET_DATA_HINT = (
 @contextlib.contextmanager
 def offline() -> Iterator[None]:
     """Hub access off for the duration: the environment for libraries imported inside, and the flags of
-    `datasets` / `huggingface_hub` that were read at their import, if they are loaded already. Their
-    tqdm bars are off too."""
+    `datasets` / `huggingface_hub` that were read at their import, if they are loaded already."""
     names = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
-    saved_env = {n: os.environ.get(n) for n in (*names, "TQDM_DISABLE")}
+    saved_env = {n: os.environ.get(n) for n in names}
     patched: list[tuple[Any, str, Any]] = []
     for module_name, attrs in (
         ("datasets.config", names),
@@ -54,7 +54,6 @@ def offline() -> Iterator[None]:
                 patched.append((module, attr, getattr(module, attr)))
                 setattr(module, attr, True)
     os.environ.update(dict.fromkeys(names, "1"))
-    os.environ["TQDM_DISABLE"] = "1"  # lm-eval's and datasets' bars; labalign shows its own
     try:
         yield
     finally:
@@ -65,6 +64,33 @@ def offline() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """For the duration: no tqdm bars from lm-eval, datasets or transformers (labalign draws its own; the
+    env switch TQDM_DISABLE is read only at import), and no `git describe` from lm-eval, which leaks
+    "fatal: not a git repository" and describes the caller's folder, not the evaluation."""
+    import lm_eval.evaluator  # type: ignore[import-untyped]
+
+    tqdm: Any = importlib.import_module("tqdm")  # typed Any: whether its stubs are installed varies
+
+    original_init = tqdm.tqdm.__init__
+
+    def silent_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        original_init(self, *args, **kwargs)
+
+    original_git = getattr(lm_eval.evaluator, "get_git_commit_hash", None)
+    tqdm.tqdm.__init__ = silent_init
+    if original_git is not None:
+        lm_eval.evaluator.get_git_commit_hash = lambda: None
+    try:
+        yield
+    finally:
+        tqdm.tqdm.__init__ = original_init
+        if original_git is not None:
+            lm_eval.evaluator.get_git_commit_hash = original_git
 
 
 def _task_manager(tasks: Sequence[str], include_path: Path | None) -> Any:
@@ -213,7 +239,7 @@ def evaluate(
 
     if not tasks:
         raise LabalignError("no lm-eval tasks given")
-    with offline():
+    with offline(), _quiet():
         if on_progress is not None:
             on_progress(f"{label}: lm-eval tasks", 0, 1)
         manager = _task_manager(tasks, include_path)
@@ -239,7 +265,7 @@ def evaluate(
             )
             identity = model_dir_identity(path)
         _with_progress(lm, on_progress, f"{label}: lm-eval log-likelihoods")
-        from lm_eval import simple_evaluate  # type: ignore[import-untyped]
+        from lm_eval import simple_evaluate
 
         store = cache_dir / "eval" / "lm-eval" / hashlib.sha256(identity.encode()).hexdigest()[:24]
         store.parent.mkdir(parents=True, exist_ok=True)
