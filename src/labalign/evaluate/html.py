@@ -54,6 +54,10 @@ def _num(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _cell(value: Any, digits: int = 3) -> str:
+    return f"<td>{_num(value, digits)}</td>"
+
+
 def _delta(d: dict[str, Any] | None, digits: int = 3) -> str:
     """A delta with its interval; coloured only when the interval excludes zero."""
     if not d:
@@ -122,7 +126,107 @@ def _branch(data: dict[str, Any], eval_dir: Path) -> str:
     )
 
 
-RENDERERS: dict[str, Callable[[dict[str, Any], Path], str]] = {"branch": _branch}
+def _mt_bench(data: dict[str, Any], eval_dir: Path) -> str:
+    has_base = "base" in data
+    head = ["", *(["base"] if has_base else []), "tuned"]
+    rows = []
+    names = [
+        ("overall", "overall"),
+        ("turn 1", "turn1"),
+        ("turn 2", "turn2"),
+        ("judge error rate", "error_rate"),
+    ]
+    for label, key in names:
+        rows.append(
+            [_td(label), *([_cell(data["base"][key], 2)] if has_base else []), _cell(data["model"][key], 2)]
+        )
+    for cat, value in data["model"]["categories"].items():
+        base_cells = [f"<td>{_num(data['base']['categories'].get(cat), 2)}</td>"] if has_base else []
+        rows.append([_td(cat), *base_cells, f"<td>{_num(value, 2)}</td>"])
+    delta = ""
+    if has_base:
+        delta = _table(
+            ["tuned - base (per judgment)", "W/T/L"], [[_delta(data["delta"], 2), _wtl(data["delta"])]]
+        )
+    return (
+        _models({**data.get("models", {}), "judge": data.get("judge")})
+        + f"<p>{int(data['questions'])} questions, each turn rated 1-10.</p>"
+        + _table(head, rows)
+        + delta
+        + _img(eval_dir / "mt_bench.png", "MT-Bench ratings by category and turn")
+    )
+
+
+def _wtl(d: dict[str, Any]) -> str:
+    return _td(f"{d['wins']}/{d['ties']}/{d['losses']}")
+
+
+def _mmlu(data: dict[str, Any], eval_dir: Path) -> str:
+    has_base = "base" in data
+    tuned = data["model"]
+    shown = [n for n in tuned["results"] if n in data["tasks"] or n in tuned.get("groups", [])]
+    head = ["task", *(["base"] if has_base else []), "tuned", "n"]
+    rows = []
+    for name in shown:
+        acc = tuned["results"][name].get("acc")
+        base_cell = []
+        if has_base:
+            base_cell = [f"<td>{_num(data['base']['results'].get(name, {}).get('acc'))}</td>"]
+        rows.append([_td(name), *base_cell, f"<td>{_num(acc)}</td>", _td(str(tuned["n"].get(name, "")))])
+    note = f"<p>limited to {int(data['limit'])} examples per task</p>" if data.get("limit") else ""
+    delta = ""
+    if data.get("delta") is not None:
+        cls = "delta-pos" if data["delta"] > 0 else "delta-neg" if data["delta"] < 0 else ""
+        delta = f'<p>accuracy change: <span class="{cls}">{data["delta"]:+.3f}</span></p>'
+    return (
+        _models(data.get("models", {}))
+        + _table(head, rows)
+        + note
+        + delta
+        + _img(eval_dir / "mmlu.png", "lm-eval accuracy, base vs tuned")
+    )
+
+
+def _forgetting(data: dict[str, Any], eval_dir: Path) -> str:
+    rows = [
+        [_td(style), _cell(v["base"], 2), _cell(v["model"], 2), _cell(v["model"] / v["base"])]
+        for style, v in data["styles"].items()
+    ]
+    ratio_cls = "delta-neg" if data["flagged"] else "delta-pos" if data["ratio"] < 1 else ""
+    rows.append(
+        [
+            _td("all"),
+            f"<td>{_num(data['base']['perplexity'], 2)}</td>",
+            f"<td>{_num(data['model']['perplexity'], 2)}</td>",
+            f'<td class="{ratio_cls}">{_num(data["ratio"])}</td>'
+            if ratio_cls
+            else f"<td>{_num(data['ratio'])}</td>",
+        ]
+    )
+    parts = [
+        _models(data.get("models", {})),
+        f"<p>{int(data['dataset']['documents'])} documents, {int(data['dataset']['tokens'])} tokens "
+        f"({escape(str(data['dataset'].get('source', '')))}); flagged when tuned perplexity exceeds the "
+        f"base's by more than {100 * data['threshold']:.0f}%.</p>",
+        _table(["text", "base perplexity", "tuned perplexity", "ratio"], rows),
+    ]
+    if data["flagged"]:
+        parts.append(f'<p class="flag">forgetting: perplexity up {100 * (data["ratio"] - 1):.1f}%</p>')
+    mt = data.get("mt_bench_delta")
+    if mt and "skipped" in mt:
+        parts.append(f"<p>MT-Bench delta skipped: {escape(str(mt['skipped']))}</p>")
+    elif mt:
+        parts.append(_table(["MT-Bench tuned - base", "W/T/L"], [[_delta(mt, 2), _wtl(mt)]]))
+    parts.append(_img(eval_dir / "forgetting.png", "general-text perplexity, base vs tuned"))
+    return "".join(parts)
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any], Path], str]] = {
+    "branch": _branch,
+    "mt_bench": _mt_bench,
+    "mmlu": _mmlu,
+    "forgetting": _forgetting,
+}
 
 
 def _regressions(results: dict[str, Any] | None) -> str:
@@ -151,8 +255,15 @@ def section(eval_dir: Path) -> str:
         parts.append(f"<h3>{escape(title)}</h3>")
         if "skipped" in data:
             parts.append(f'<p class="flag">skipped: {escape(str(data["skipped"]))}</p>')
-        elif name in RENDERERS:
+            continue
+        try:
             parts.append(RENDERERS[name](data, eval_dir))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            raise LabalignError(
+                f"unexpected evaluation results ({type(exc).__name__}: {exc})",
+                path=eval_dir / f"{name}.json",
+                hint="re-run `labalign evaluate`",
+            ) from exc
     if not shown:
         parts.append(f"<p>No evaluation results in <code>{escape(str(eval_dir))}</code>.</p>")
     parts.append("</section>")
