@@ -503,7 +503,7 @@ def _training(train_dir: Path, section: Section) -> dict[str, Any]:
         "chart": chart,
         "final": str(final) if final.is_dir() else None,
         "adapter": (final / "adapter_config.json").is_file(),
-        "steps_logged": sum(1 for r in log if r.get("event") == "train"),
+        "heldout": any(r.get("heldout_loss") is not None for r in log),
     }
 
 
