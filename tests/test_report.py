@@ -298,13 +298,9 @@ def test_not_a_run_directory(tmp_path: Path) -> None:
 
 
 def _app() -> typer.Typer:
-    """The `labalign` root (one-line errors, exit 1) with the report command, as the CLI mounts it."""
-    from labalign.cli import _Group, _root
-    from labalign.cli.report import report_command
+    """The full CLI, where `report` is registered (its root prints user errors as one line)."""
+    from labalign.cli import app
 
-    app = typer.Typer(cls=_Group, name="labalign", pretty_exceptions_enable=False, add_completion=False)
-    app.callback()(_root)
-    app.command("report")(report_command)
     return app
 
 
