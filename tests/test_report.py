@@ -241,6 +241,7 @@ def test_failed_stage_shows_its_error(run_copy: Path) -> None:
 
 def test_damaged_files_become_notes(run_copy: Path) -> None:
     (run_copy / "data" / "stats.json").write_text("{oops")
+    (run_copy / "validation.json").write_text("[]")
     (run_copy / "eval" / "branch.json").write_text("[1, 2")
     (run_copy / "train" / "summary.json").write_text(json.dumps({"phases": [{"phase": "phase1"}]}))
     with (run_copy / "train" / "training_log.jsonl").open("a") as f:
@@ -248,6 +249,9 @@ def test_damaged_files_become_notes(run_copy: Path) -> None:
     html = render_report(run_copy).read_text()
     assert re.search(r"could not read data/stats.json: .*stats.json: not valid JSON", html)
     assert re.search(r"could not read the evaluation results: .*branch.json", html)
+    assert re.search(r"could not read validation.json: .*validation.json: not a JSON object", html)
+    for leaf in LEAVES:  # the leaves table still comes from the manifest
+        assert f'<td class="name">{leaf.replace("/", "/<wbr>")}</td>' in html
     assert 'id="training"' in html and "loss per phase" in html  # the log's complete lines still plot
     assert '<tr><td>phase1</td><td class="num">-</td>' in html  # missing numbers show as "-"
 

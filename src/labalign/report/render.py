@@ -103,7 +103,8 @@ def build_context(run_dir: Path, manifest: Manifest) -> dict[str, Any]:
     evaluate = Section(stages["evaluate"])
     timings = Section(stages["report"])
     stats = generate.guard("data/stats.json", lambda: _read_json(run_dir / "data" / "stats.json"))
-    validate.data = validate.guard("the validation results", lambda: _leaves(run_dir, stages, stats)) or {}
+    validation = validate.guard("validation.json", lambda: _read_json(run_dir / "validation.json"))
+    validate.data = validate.guard("the leaves", lambda: _leaves(stages, validation, stats)) or {}
     generate.data = generate.guard("data/stats.json", lambda: _funnel(stats)) or {}
     generate.data["samples"] = generate.guard(
         "the samples", lambda: _samples(run_dir / "data", _leaf_names(validate.data, stats))
@@ -187,14 +188,17 @@ def breakable(path: str) -> Markup:
 # --- reading ---
 
 
-def _read_json(path: Path) -> Any:
-    """The parsed file, None when it does not exist (a stage not run yet); errors name the file."""
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The parsed object, None when the file does not exist (a stage not run yet); errors name it."""
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LabalignError(f"not valid JSON ({exc})", path=path) from exc
+    if not isinstance(data, dict):
+        raise LabalignError("not a JSON object", path=path)
+    return data
 
 
 def _head_jsonl(path: Path, n: int) -> list[dict[str, Any]]:
@@ -310,9 +314,8 @@ def _next_steps(run_dir: Path, manifest: Manifest, stages: dict[str, StageView])
     }
 
 
-def _leaves(run_dir: Path, stages: dict[str, StageView], stats: Any) -> dict[str, Any]:
+def _leaves(stages: dict[str, StageView], validation: Any, stats: Any) -> dict[str, Any]:
     summary = stages["validate"].summary
-    validation = _read_json(run_dir / "validation.json")
     problems: list[dict[str, Any]] = []
     by_leaf: dict[str, tuple[int, int]] = {}
     for file in (validation or {}).get("files", []):
@@ -446,6 +449,8 @@ def _samples(data_dir: Path, names: list[str]) -> list[dict[str, Any]]:
 def _sample(record: dict[str, Any]) -> dict[str, Any]:
     messages: list[dict[str, Any]] = []
     for message in record.get("messages") or []:
+        if not isinstance(message, dict):
+            continue  # not a chat message: nothing to show
         text, cut = _cut(str(message.get("content", "")), MAX_MESSAGE_CHARS)
         messages.append({"role": str(message.get("role", "?")), "content": text, "cut": cut})
     metadata = record.get("metadata") or {}
