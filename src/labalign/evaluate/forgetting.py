@@ -142,8 +142,10 @@ def score(
 ) -> Perplexity:
     """Per-document NLL of the model in `model_dir` (in-process, no gradients, batched)."""
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM
 
+    from labalign.llm.convert import quiet_transformers
     from labalign.llm.hf import model_dir_identity, pick_device, pick_dtype
     from labalign.train.loss import chunked_cross_entropy_sum, head_spec
     from labalign.train.model import load_tokenizer
@@ -152,9 +154,10 @@ def score(
     ids = tokenize(tokenizer, docs)
     device = pick_device(None)
     try:
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=pick_dtype(device, None), local_files_only=True
-        )
+        with quiet_transformers(transformers):
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                str(model_dir), dtype=pick_dtype(device, None), local_files_only=True
+            )
     except (OSError, ValueError) as exc:
         raise LabalignError(f"cannot load the model: {exc}", path=model_dir) from exc
     model.to(device).eval()
