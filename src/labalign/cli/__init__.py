@@ -17,6 +17,7 @@ from labalign.cli import documents as documents_cli
 from labalign.cli import evaluate as evaluate_cli
 from labalign.cli import generate as generate_cli
 from labalign.cli import model as model_cli
+from labalign.cli import report as report_cli
 from labalign.cli import run as run_cli
 from labalign.cli import serve as serve_cli
 from labalign.cli import taxonomy as taxonomy_cli
@@ -54,6 +55,7 @@ generate_cli.register(app)
 serve_cli.register(app)
 app.command("train")(train_cli.train)
 app.command("run")(run_cli.run_command)
+app.command("report")(report_cli.report_command)
 
 
 def _version(value: bool) -> None:

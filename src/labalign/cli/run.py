@@ -34,6 +34,8 @@ def _summary_line(stage: str, summary: dict[str, Any]) -> str:
     if stage == "evaluate":
         regressions = get("regressions") or []
         text = ", ".join(str(e) for e in get("evaluations") or [])
+        skipped = ", ".join(str(e) for e in get("skipped") or {})
+        text += f"; skipped: {skipped}" if skipped else ""
         return text + (f"; {len(regressions)} regressions flagged" if regressions else "")
     return str(summary.get("report", ""))
 
@@ -138,7 +140,7 @@ def run_command(
     console.print(
         f"report: {run_dir / 'report.html'}\n"
         f"chat:   labalign chat {final}\n"
-        f"serve:  labalign serve --model {final}",
+        f"serve:  labalign serve {final}",
         highlight=False,
         soft_wrap=True,
     )

@@ -217,17 +217,20 @@ class Runner:
             self.manifest.settings = self.settings.model_dump(mode="json", exclude={"cache_dir"})
             self.manifest.versions = versions()
             ctx = self._context()
-            ctx.fresh = True
-            self._stage("validate", ctx, None)
-            inputs = collect_inputs(o.taxonomy, ctx.leaves, default_heldout_dir(o.taxonomy), self.settings)
-            if previous is not None:
-                self._announce_changes(previous, inputs)
-            self.manifest.inputs = inputs
-            fps = _fingerprints(o, self.settings, inputs)
-            self.manifest.stage("validate").fingerprint = fps["validate"]
-            self.manifest.save(self.run_dir)
+            stage = "validate"
             try:
+                self._stage(stage, ctx, None)
+                inputs = collect_inputs(
+                    o.taxonomy, ctx.leaves, default_heldout_dir(o.taxonomy), self.settings
+                )
+                if previous is not None:
+                    self._announce_changes(previous, inputs)
+                self.manifest.inputs = inputs
+                fps = _fingerprints(o, self.settings, inputs)
+                self.manifest.stage("validate").fingerprint = fps["validate"]
+                self.manifest.save(self.run_dir)
                 for plan in plan_stages(self.manifest, fps, o.from_stage):
+                    stage = plan.stage
                     if plan.action == "skip":
                         self.console.print(f"[dim]{plan.stage}: done, skipped[/]")
                         continue
@@ -235,7 +238,7 @@ class Runner:
                     self._stage(plan.stage, ctx, fps[plan.stage])
             except (LabalignError, Exception):
                 # The report of a stopped run still shows what is there; never mask the real error.
-                if plan.stage != "report":
+                if stage != "report":
                     with contextlib.suppress(Exception):
                         STAGE_FUNCTIONS["report"](ctx)
                 raise

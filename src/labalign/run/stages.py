@@ -18,6 +18,7 @@ from rich.console import Console
 
 from labalign.config import Settings, settings_as_yaml
 from labalign.errors import LabalignError
+from labalign.progress import phase_progress
 from labalign.run.profiles import Profile
 from labalign.taxonomy import Leaf, ValidationOptions, validate_paths
 from labalign.taxonomy.validate import raise_for_errors
@@ -190,10 +191,19 @@ def evaluate(ctx: RunContext) -> dict[str, Any]:
         evals=ctx.profile.evals,
         max_tokens=ctx.profile.eval_max_tokens,
         cache_path=out / "cache.sqlite",
+        seeds=ctx.profile.eval_seeds,
     )
-    results = evaluate_all(plan, ctx.settings)
-    return {k: v for k, v in results.items() if k in ("regressions",)} | {
-        "evaluations": sorted(k for k in results if k != "regressions")
+    with phase_progress(ctx.console, transient=False) as on_progress:
+        results = evaluate_all(plan, ctx.settings, on_progress=on_progress)
+    evaluations = results.get("evaluations", {})
+    return {
+        "evaluations": sorted(
+            k for k, v in evaluations.items() if not (isinstance(v, dict) and "skipped" in v)
+        ),
+        "skipped": {
+            k: v["skipped"] for k, v in evaluations.items() if isinstance(v, dict) and "skipped" in v
+        },
+        "regressions": results.get("regressions", []),
     }
 
 
