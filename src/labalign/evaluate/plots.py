@@ -107,6 +107,8 @@ def forgetting_chart(result: dict[str, Any], path: Path) -> Path:
     base = [result["styles"][s]["base"] for s in styles] + [result["base"]["perplexity"]]
     fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(names) + 1.8))
     _paired_barh(ax, names, tuned, base, "perplexity on general text (lower is better)")
+    if max(tuned + base) > 10 * min(tuned + base):
+        ax.set_xscale("log")  # a badly damaged model is orders of magnitude off: keep the base visible
     ax.legend(loc="lower right")
     return _save(fig, path)
 
