@@ -12,6 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from labalign.cli.train import standalone_app
+from labalign.train import TrainConfig
 from tests.test_train_helpers import make_records, tiny_model_dir, write_jsonl
 
 runner = CliRunner()
@@ -128,16 +129,40 @@ def test_relaunch_args_repeat_the_command_without_nproc(
 
     monkeypatch.setattr("labalign.train.distributed.launch", fake_launch)
     args = ["--config", str(config), "train", "--phase1", "a.jsonl", "--out", "o", "--lora", "--epochs", "3",
-            "--nproc", "2", "--no-progress", "--bf16", "off"]  # fmt: skip
+            "--nproc", "2", "--no-progress", "--bf16", "off", "--distributed", "fsdp"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     argv = captured[0]
     assert argv[0] == "2" and "--nproc" not in argv
     assert argv[1:4] == ["--config", str(config), "train"]
-    for expected in (["--phase1", "a.jsonl"], ["--epochs", "3"], ["--bf16", "off"], ["--model", "default"]):
+    for expected in (
+        ["--phase1", "a.jsonl"],
+        ["--epochs", "3"],
+        ["--bf16", "off"],
+        ["--model", "default"],
+        ["--distributed", "fsdp"],
+    ):
         i = argv.index(expected[0])
         assert argv[i : i + 2] == expected
     assert "--lora" in argv and "--no-progress" in argv and "--resume" not in argv
+
+
+def test_distributed_flag_sets_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--distributed overrides the config's train.distributed; an unknown mode is refused by name."""
+    monkeypatch.setenv("LABALIGN_TRAIN__DISTRIBUTED", "ddp")
+    seen: list[str] = []
+
+    def fake_train(config: TrainConfig) -> None:
+        seen.append(config.settings.distributed)
+        raise typer.Exit(0)
+
+    monkeypatch.setattr("labalign.train.phases.train", fake_train)
+    base = ["train", "--phase1", "a.jsonl", "--out", "o", "--no-progress"]
+    assert runner.invoke(_app(), base).exit_code == 0
+    assert runner.invoke(_app(), [*base, "--distributed", "fsdp"]).exit_code == 0
+    assert seen == ["ddp", "fsdp"]
+    result = runner.invoke(_app(), [*base, "--distributed", "zero3"])
+    assert result.exit_code == 2 and "zero3" in result.output
 
 
 def test_an_empty_phase_file_is_skipped_with_a_warning(

@@ -1,9 +1,11 @@
-"""Real processes: a run killed with SIGKILL mid-phase resumes exactly where it stopped, and a 2-process
-data-parallel run (gloo on CPU) matches the single-process run."""
+"""Real processes: a run killed with SIGKILL mid-phase resumes exactly where it stopped, and 2-process
+data-parallel runs (gloo on CPU), DDP and FSDP, match the single-process run."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +42,80 @@ def _env(tmp_path: Path, threads: int = 2) -> dict[str, str]:
 
 def _steps(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in log]
+
+
+def _single(model: Path, p1: Path, p2: Path, out: Path, cache: Path, **overrides: Any) -> None:
+    """The run of `_command` in this process, alone: the reference of the multi-process runs."""
+    settings = TrainSettings(
+        batch_size=4,
+        epochs=1,
+        save_every=5,
+        max_seq_len=256,
+        max_batch_tokens=256,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        **overrides,
+    )
+    config = TrainConfig(
+        model=str(model),
+        out=out,
+        phase1=p1,
+        phase2=p2,
+        settings=settings,
+        cache_dir=cache,
+        show_progress=False,
+    )
+    train(config)
+
+
+def _assert_same_curve(one: Path, many: Path) -> None:
+    """Step for step the same samples and tokens, and the same loss and gradient norm up to summation
+    order (ranks add their shares in another order than one process does)."""
+    a = [r for r in read_log(one / "training_log.jsonl") if r["event"] == "train"]
+    b = [r for r in read_log(many / "training_log.jsonl") if r["event"] == "train"]
+    assert [(r["phase"], r["step"], r["tokens"]) for r in a] == [
+        (r["phase"], r["step"], r["tokens"]) for r in b
+    ]
+    for x, y in zip(a, b, strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4), (x, y)
+        assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-3), (x, y)
+
+
+def _assert_same_model(one: Path, many: Path) -> None:
+    """Same tensors (a tied head saved once in both), close weights, and transformers loads both to the
+    same logits."""
+    from transformers import AutoModelForCausalLM
+
+    a, b = load_file(one / "model.safetensors"), load_file(many / "model.safetensors")
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert b[name].dtype == a[name].dtype, name
+        torch.testing.assert_close(b[name].float(), a[name].float(), rtol=1e-4, atol=1e-5, msg=name)
+    ids = torch.tensor([[1, 5, 9, 30, 7, 8, 44]])
+    with torch.no_grad():
+        logits = [AutoModelForCausalLM.from_pretrained(d)(input_ids=ids).logits.float() for d in (one, many)]
+    torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-4)
+
+
+def _parallelism(out: Path, phase: str) -> set[str]:
+    return {
+        json.loads((d / "progress.json").read_text())["parallelism"]
+        for d in (out / phase / "state").iterdir()
+    }
+
+
+def _as_if_killed(out: Path, phase: str, step: int) -> None:
+    """Leave `out` as a kill soon after `phase` saved its step-`step` state does: later states gone, a
+    later checkpoint half written, the log and best/ ahead of the state, no end-of-run files."""
+    for d in (out / phase / "state").iterdir():
+        if int(d.name.removeprefix("step-")) > step:
+            shutil.rmtree(d)
+    for d in (out / phase / "checkpoints").iterdir():
+        if int(d.name.removeprefix("step-")) > step:
+            d.rename(d.with_name(d.name + ".tmp"))
+    for leftover in (out / phase / "done.json", out / "summary.json", out / "loss.png"):
+        leftover.unlink()
+    shutil.rmtree(out / "final")
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -105,35 +181,74 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
 
+    assert _parallelism(multi, "phase2") == {"ddp"}  # auto on CPU
+
     single = tmp_path / "single"
-    settings = TrainSettings(
-        batch_size=4,
-        epochs=1,
-        save_every=5,
-        max_seq_len=256,
-        max_batch_tokens=256,
-        learning_rate=3e-3,
-        warmup_steps=2,
-        bf16="off",
-        lora=True,
-    )
-    train(
-        TrainConfig(
-            model=str(model),
-            out=single,
-            phase1=p1,
-            phase2=p2,
-            settings=settings,
-            cache_dir=tmp_path / "cache",
-            show_progress=False,
-        )
-    )
-    one = [r for r in read_log(single / "training_log.jsonl") if r["event"] == "train"]
-    two = [r for r in read_log(multi / "training_log.jsonl") if r["event"] == "train"]
-    assert [(r["phase"], r["step"], r["tokens"]) for r in one] == [
-        (r["phase"], r["step"], r["tokens"]) for r in two
-    ]
-    for a, b in zip(one, two, strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
-        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3), (a, b)
+    _single(model, p1, p2, single, tmp_path / "cache", bf16="off", lora=True)
+    _assert_same_curve(single, multi)
     assert (multi / "final" / "config.json").is_file()
+
+
+def test_fsdp_full_fine_tuning_matches_one_process_and_resumes_exactly(tmp_path: Path) -> None:
+    """Full fine-tuning with trainable tied embeddings (the head's gradient from the chunked loss and the
+    embedding's land on one sharded parameter); fp32, so one process is matched closely."""
+    model = tiny_model_dir(tmp_path / "model")
+    p1 = write_jsonl(tmp_path / "p1.jsonl", make_records(30, seed=1))
+    p2 = write_jsonl(tmp_path / "p2.jsonl", make_records(30, seed=2))
+    env = _env(tmp_path)
+    flags = ("--nproc", "2", "--distributed", "fsdp", "--full", "--train-embeddings", "--bf16", "off")
+    multi = tmp_path / "fsdp"
+    run = subprocess.run(
+        _command(model, p1, p2, multi, *flags), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert _parallelism(multi, "phase1") == _parallelism(multi, "phase2") == {"fsdp"}
+
+    single = tmp_path / "single"
+    _single(model, p1, p2, single, tmp_path / "cache", bf16="off", lora=False, freeze_embeddings=False)
+    _assert_same_curve(single, multi)
+    _assert_same_model(single / "final", multi / "final")
+
+    # Killed after phase 2's step-5 state: the resumed run gathers nothing it has not saved, restores
+    # the shards of weights and optimizer state from full tensors, and continues bit for bit.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(multi, resumed)
+    _as_if_killed(resumed, "phase2", 5)
+    assert max(r["step"] for r in read_log(resumed / "training_log.jsonl") if r["phase"] == "phase2") > 5
+    run = subprocess.run(
+        _command(model, p1, p2, resumed, *flags, "--resume"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert _steps(read_log(resumed / "training_log.jsonl")) == _steps(read_log(multi / "training_log.jsonl"))
+    expected, got = (
+        load_file(multi / "final" / "model.safetensors"),
+        load_file(resumed / "final" / "model.safetensors"),
+    )
+    assert sorted(got) == sorted(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+    assert sorted(p.name for p in (resumed / "phase2" / "checkpoints").iterdir()) == sorted(
+        p.name for p in (multi / "phase2" / "checkpoints").iterdir()
+    )
+
+
+def test_fsdp_lora_bf16_matches_one_process(tmp_path: Path) -> None:
+    """LoRA as on a GPU: a bf16 base with fp32 adapters in each sharded layer, bf16 all-gathers, fp32
+    gradient reduction; frozen embeddings; adapters merged into the saved checkpoints."""
+    model = tiny_model_dir(tmp_path / "model")
+    p1 = write_jsonl(tmp_path / "p1.jsonl", make_records(30, seed=1))
+    p2 = write_jsonl(tmp_path / "p2.jsonl", make_records(30, seed=2))
+    multi = tmp_path / "fsdp"
+    run = subprocess.run(
+        _command(model, p1, p2, multi, "--nproc", "2", "--distributed", "fsdp", "--lora", "--bf16", "on"),
+        env=_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert _parallelism(multi, "phase2") == {"fsdp"}
+
+    single = tmp_path / "single"
+    _single(model, p1, p2, single, tmp_path / "cache", bf16="on", lora=True)
+    _assert_same_curve(single, multi)
+    _assert_same_model(single / "final", multi / "final")

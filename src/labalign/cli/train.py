@@ -39,6 +39,7 @@ _SETTING_FLAGS = {
     "bf16": "bf16",
     "gradient_checkpointing": "gradient_checkpointing",
     "freeze_embeddings": "freeze_embeddings",
+    "distributed": "distributed",
 }
 
 
@@ -61,6 +62,12 @@ class Bf16Choice(StrEnum):
     auto = "auto"
     on = "on"
     off = "off"
+
+
+class DistributedChoice(StrEnum):
+    auto = "auto"
+    ddp = "ddp"
+    fsdp = "fsdp"
 
 
 def _train_settings(ctx: typer.Context, flags: dict[str, Any]) -> tuple[Any, Path]:
@@ -189,6 +196,12 @@ def train(
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes (GPUs, or CPU with gloo)."),
+    distributed: DistributedChoice = typer.Option(
+        None,
+        "--distributed",
+        help="With --nproc or torchrun: fsdp shards weights, gradients and optimizer state (FSDP2), ddp "
+        "replicates them; auto (default): fsdp on GPUs, ddp on CPU.",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
     fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text or json."),
 ) -> None:

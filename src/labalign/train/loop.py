@@ -21,7 +21,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from labalign.train import checkpoint as ckpt
-from labalign.train.distributed import DistContext, all_reduce_sum, barrier, broadcast_object, gather_objects
+from labalign.train.distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    gather_objects,
+    parallelism,
+)
 from labalign.train.model import CausalLMLoss, Student, bf16_enabled, load_student, merged_state_dict
 from labalign.train.packing import build_pack, epoch_order, pack_step, steps_of
 from labalign.train.plots import plot_losses
@@ -131,13 +138,19 @@ class PhaseRunner:
         )
         self.loss_module = CausalLMLoss(self.student, settings.loss_chunk_tokens)
         self.model: nn.Module = self.loss_module
-        if ctx.distributed:
+        self.mode = parallelism(settings.distributed, ctx)
+        if self.mode == "fsdp":
+            from labalign.train import fsdp
+
+            # In place: the loss module becomes the FSDP root, its parameters DTensor shards.
+            fsdp.shard(self.loss_module, self.student.causal_lm, ctx.device, ctx.world_size, bf16=self.bf16)
+        elif self.mode == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
             self.model = DistributedDataParallel(
                 self.loss_module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
             )
-        self.params = self.student.trainable()
+        self.params = self.student.trainable()  # after sharding: the optimizer must hold the shards
         self.optimizer = torch.optim.AdamW(
             list(self.params.values()),
             lr=settings.phase_learning_rate(spec.index),
@@ -161,6 +174,7 @@ class PhaseRunner:
             "best_heldout_loss": None,
             "best_score": None,
             "world_size": ctx.world_size,
+            "parallelism": self.mode,
         }
         self.filler = int(self.student.tokenizer.pad_token_id or 0)
         # CPU kernels (oneDNN) cache per matmul shape; GPUs gain nothing from padding.
@@ -180,14 +194,21 @@ class PhaseRunner:
         missing = set(self.params) - set(state.trainable)
         if missing:
             raise RuntimeError(f"saved state {path} lacks parameters: {sorted(missing)[:3]}")
-        with torch.no_grad():
-            for name, param in self.params.items():
-                param.copy_(state.trainable[name].to(param.device, param.dtype))
-        self.optimizer.load_state_dict(state.optimizer)
+        if self.mode == "fsdp":
+            from labalign.train import fsdp
+
+            fsdp.load_weights(self.student.module, {n: state.trainable[n] for n in self.params})
+            fsdp.load_optimizer_state(self.student.module, self.optimizer, list(self.params), state.optimizer)
+        else:
+            with torch.no_grad():
+                for name, param in self.params.items():
+                    param.copy_(state.trainable[name].to(param.device, param.dtype))
+            self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
         rng = state.rng[self.ctx.rank] if self.ctx.rank < len(state.rng) else state.rng[0]
         ckpt.set_rng_state(rng)
-        self.progress = state.progress
+        # How this run is laid out, not how the interrupted one was (the saved state fits either).
+        self.progress = {**state.progress, "world_size": self.ctx.world_size, "parallelism": self.mode}
         if self.ctx.is_main:
             step = int(self.progress["step"])
             ckpt.drop_after([self.ckpt_root, self.state_root], step)
@@ -208,8 +229,8 @@ class PhaseRunner:
         """One optimizer step over `samples` (all ranks); returns (mean loss per target, grad norm)."""
         plan = pack_step(samples, self.lengths, self.settings.max_batch_tokens, self.ctx.world_size)
         total_targets = int(self.target_counts[samples].sum())
-        # DDP averages gradients over ranks; scaling by world / total makes every supervised token of
-        # the whole effective batch weigh the same (not a mean of per-micro-batch means).
+        # DDP and FSDP average gradients over ranks; scaling by world / total makes every supervised
+        # token of the whole effective batch weigh the same (not a mean of per-micro-batch means).
         scale = self.ctx.world_size / total_targets
         mine = plan[self.ctx.rank]
         local = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
@@ -217,7 +238,9 @@ class PhaseRunner:
             batch = build_pack(self.spec.train, indices, filler_token=self.filler, pad_to=self.pad_to)
             batch = batch.to(self.ctx.device)
             last = j == len(mine) - 1
-            no_sync = getattr(self.model, "no_sync", None)
+            # DDP all-reduces once per step. FSDP reduce-scatters every micro-batch: skipping that
+            # would keep whole unsharded gradients until the last one, the memory FSDP is there to save.
+            no_sync = getattr(self.model, "no_sync", None) if self.mode == "ddp" else None
             sync_ctx = no_sync() if (no_sync is not None and not last) else nullcontext()
             with sync_ctx:
                 with self._autocast():
@@ -249,8 +272,27 @@ class PhaseRunner:
                     loss_sum, count = self.loss_module(batch.input_ids, batch.position_ids, batch.targets)
                 total[0] += loss_sum.double()
                 total[1] += count.double()
+        if self.mode == "fsdp":
+            from labalign.train import fsdp
+
+            fsdp.reshard(self.loss_module)
         total = all_reduce_sum(self.ctx, total)
         return float(total[0] / total[1]) if total[1] > 0 else None
+
+    def _full_states(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(the causal LM's full state dict, the optimizer's state) on the main process, gathered from
+        every rank's shards under FSDP (a collective: all ranks call it)."""
+        lm = self.student.causal_lm
+        if self.mode == "fsdp":
+            from labalign.train import fsdp
+
+            names = list(self.params)
+            return fsdp.full_model_state(lm), fsdp.full_optimizer_state(
+                self.student.module, self.optimizer, names
+            )
+        if not self.ctx.is_main:
+            return {}, {}
+        return dict(lm.state_dict()), self.optimizer.state_dict()
 
     def _checkpoint(self) -> None:
         """Evaluate, save, select the best and prune; RNG is restored afterwards so that evaluating
@@ -258,9 +300,10 @@ class PhaseRunner:
         rng = gather_objects(self.ctx, ckpt.rng_state())
         heldout = self.heldout_loss()
         step = int(self.progress["step"])
+        full, optimizer_state = self._full_states()
         if self.ctx.is_main:
             hf_dir = self.ckpt_root / f"step-{step}"
-            ckpt.save_hf_checkpoint(hf_dir, self.student, merged_state_dict(self.student))
+            ckpt.save_hf_checkpoint(hf_dir, self.student, merged_state_dict(self.student, full))
             score = float(self.spec.evaluator(hf_dir)) if self.spec.evaluator is not None else None
             if self._is_better(heldout, score):
                 self.progress.update(best_step=step, best_heldout_loss=heldout, best_score=score)
@@ -277,9 +320,15 @@ class PhaseRunner:
                 }
             )
             self.progress["elapsed_s"] = self._elapsed()
+            # Trainable weights by their names in the optimizer's module, taken from the full state
+            # (a tied parameter is there under one of its names).
+            lm_names: dict[int, str] = {}
+            for name, param in self.student.causal_lm.named_parameters(remove_duplicate=False):
+                if name in full:
+                    lm_names.setdefault(id(param), name)
             state = ckpt.TrainState(
-                trainable={n: p.detach() for n, p in self.params.items()},
-                optimizer=self.optimizer.state_dict(),
+                trainable={n: full[lm_names[id(p)]] for n, p in self.params.items()},
+                optimizer=optimizer_state,
                 scheduler=self.scheduler.state_dict(),
                 rng=rng,
                 progress=self.progress,

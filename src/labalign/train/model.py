@@ -181,24 +181,41 @@ def verify_head(student: Student) -> None:
         )
 
 
-def merged_state_dict(student: Student) -> dict[str, torch.Tensor]:
+def merged_state_dict(
+    student: Student, state: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """The causal LM's weights with LoRA deltas folded in, computed out of place (merging in place and
-    unmerging would perturb the base weights, and a resumed run would no longer match)."""
+    unmerging would perturb the base weights, and a resumed run would no longer match).
+
+    `state` is the causal LM's full state dict (gathered from shards under FSDP); by default its own.
+    Deltas are computed from the adapter tensors in it, as peft's `get_delta_weight` does, in fp32.
+    """
     lm = student.causal_lm
+    state = dict(lm.state_dict()) if state is None else state
     if student.peft_model is None:
-        return {k: v for k, v in lm.state_dict().items()}
-    merged: dict[str, torch.Tensor] = {}
-    lora_modules = {
-        name: module
-        for name, module in lm.named_modules()
-        if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer")
-    }
-    for key, value in lm.state_dict().items():
-        if "lora_" in key:
+        return state
+    from peft.tuners.lora import Embedding as LoraEmbedding
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    merged = {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k}
+    for name, module in lm.named_modules():
+        if not isinstance(module, LoraLayer) or ADAPTER not in module.scaling:
             continue
-        merged[key.replace(".base_layer.", ".")] = value
-    for name, module in lora_modules.items():
-        weight = module.base_layer.weight
-        delta = module.get_delta_weight(ADAPTER)
-        merged[f"{name}.weight"] = (weight.float() + delta.float()).to(weight.dtype)
+        if module.use_dora.get(ADAPTER):
+            raise LabalignError(f"{name}: DoRA adapters cannot be merged", hint="train plain LoRA")
+        if isinstance(module, LoraLinear):
+            a, b = state[f"{name}.lora_A.{ADAPTER}.weight"], state[f"{name}.lora_B.{ADAPTER}.weight"]
+            transpose = bool(module.fan_in_fan_out)
+        elif isinstance(module, LoraEmbedding):
+            a, b = state[f"{name}.lora_embedding_A.{ADAPTER}"], state[f"{name}.lora_embedding_B.{ADAPTER}"]
+            transpose = True
+        else:
+            raise LabalignError(
+                f"{name}: LoRA on {type(module).__name__} cannot be merged",
+                hint="target linear layers (lora_target_modules) or pass --no-merge-lora",
+            )
+        delta = (b.float() @ a.float()) * module.scaling[ADAPTER]
+        weight = state[f"{name}.base_layer.weight"]
+        merged[f"{name}.weight"] = (weight.float() + (delta.T if transpose else delta)).to(weight.dtype)
     return merged

@@ -14,6 +14,7 @@ Strategy = Literal["phased", "stacked"]
 Scheduler = Literal["constant", "cosine"]
 LongSamples = Literal["drop", "truncate"]
 Toggle = Literal["auto", "on", "off"]
+Parallelism = Literal["auto", "ddp", "fsdp"]
 
 
 class TrainSettings(BaseModel):
@@ -89,6 +90,11 @@ class TrainSettings(BaseModel):
     )
     freeze_embeddings: bool = Field(
         True, description="Freeze input embeddings (and a tied LM head): large vocabularies train faster."
+    )
+    distributed: Parallelism = Field(
+        "auto",
+        description="Data parallelism over several processes: fsdp shards weights, gradients and optimizer "
+        "state across them (FSDP2); ddp keeps a full copy in each; auto: fsdp on GPUs, ddp on CPU.",
     )
     attn_implementation: str | None = Field(
         None, description="Attention kernel; unset: flash_attention_2 on GPU when installed, else sdpa."
