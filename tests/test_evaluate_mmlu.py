@@ -153,3 +153,10 @@ def test_unknown_task_is_an_error_not_a_skip(model_dir: Path, tmp_path: Path) ->
             include_path=tasks,
         )
     assert not isinstance(info.value, EvalUnavailable)
+
+
+def test_url_model_uses_the_completions_endpoint_and_a_local_tokenizer(model_dir: Path) -> None:
+    # Built without contacting the server: the model name comes from the settings, the tokenizer from disk.
+    lm = mmlu._url_model("http://127.0.0.1:9/v1/", LLMSettings(model_name="served"), model_dir)
+    assert lm.base_url == "http://127.0.0.1:9/v1/completions" and lm.model == "served"
+    assert lm.tokenizer.encode("Answer: 4") == AutoTokenizer.from_pretrained(model_dir).encode("Answer: 4")

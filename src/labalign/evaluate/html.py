@@ -84,6 +84,7 @@ def _td(text: str) -> str:
 
 
 def _models(models: dict[str, Any]) -> str:
+    """The models as the user named them (specs), else their identities."""
     parts = [f"{escape(k)}: <code>{escape(str(v))}</code>" for k, v in models.items() if v]
     return f"<p>{'; '.join(parts)}</p>" if parts else ""
 
@@ -118,7 +119,7 @@ def _branch(data: dict[str, Any], eval_dir: Path) -> str:
     failed = {k: v for k, v in errors.items() if v}
     note = f'<p class="flag">failed generations: {escape(json.dumps(failed))}</p>' if failed else ""
     return (
-        _models(data.get("models", {}))
+        _models(data.get("specs") or data.get("models", {}))
         + _table(head, rows)
         + note
         + _img(eval_dir / "branch.png", "per-leaf scores, base vs tuned")
@@ -149,7 +150,7 @@ def _mt_bench(data: dict[str, Any], eval_dir: Path) -> str:
             ["tuned - base (per judgment)", "W/T/L"], [[_delta(data["delta"], 2), _wtl(data["delta"])]]
         )
     return (
-        _models({**data.get("models", {}), "judge": data.get("judge")})
+        _models(data.get("specs") or {**data.get("models", {}), "judge": data.get("judge")})
         + f"<p>{int(data['questions'])} questions, each turn rated 1-10.</p>"
         + _table(head, rows)
         + delta
@@ -179,7 +180,7 @@ def _mmlu(data: dict[str, Any], eval_dir: Path) -> str:
         cls = "delta-pos" if data["delta"] > 0 else "delta-neg" if data["delta"] < 0 else ""
         delta = f'<p>accuracy change: <span class="{cls}">{data["delta"]:+.3f}</span></p>'
     return (
-        _models(data.get("models", {}))
+        _models(data.get("specs") or data.get("models", {}))
         + _table(head, rows)
         + note
         + delta
@@ -204,7 +205,7 @@ def _forgetting(data: dict[str, Any], eval_dir: Path) -> str:
         ]
     )
     parts = [
-        _models(data.get("models", {})),
+        _models(data.get("specs") or data.get("models", {})),
         f"<p>{int(data['dataset']['documents'])} documents, {int(data['dataset']['tokens'])} tokens "
         f"({escape(str(data['dataset'].get('source', '')))}); flagged when tuned perplexity exceeds the "
         f"base's by more than {100 * data['threshold']:.0f}%.</p>",

@@ -128,6 +128,7 @@ def run_branch(
 
     tuned, before, judge_id = asyncio.run(go())
     result = branch.report(questions, tuned, before, judge_id)
+    result["specs"] = {"model": plan.model, "base": plan.base, "judge": plan.judge}
     plan.out.mkdir(parents=True, exist_ok=True)
     _write_json(plan.out / "branch.json", result)
     _write_jsonl(plan.out / "branch_answers.jsonl", branch.answer_records(questions, tuned, before))
@@ -220,7 +221,7 @@ def run_forgetting(
             )
     docs = forgetting.load_documents(plan.general_text)
     store = settings.cache_dir / "eval" / "perplexity"
-    kw: dict[str, Any] = {"batch_size": max(1, plan.batch_size // 2), "on_progress": on_progress}
+    kw: dict[str, Any] = {"batch_size": plan.batch_size, "on_progress": on_progress}
     tuned = forgetting.score_cached(
         weights_dir(plan.model, settings.cache_dir), docs, store, label="tuned", **kw
     )
@@ -229,6 +230,7 @@ def run_forgetting(
     )
     source = str(plan.general_text) if plan.general_text else "labalign general_text.jsonl (shipped)"
     result = forgetting.compare(docs, tuned, base, threshold=plan.forgetting_threshold, source=source)
+    result["specs"] = {"model": plan.model, "base": plan.base}
     mt = mt_bench_result
     if mt is None and (plan.out / "mt_bench.json").is_file():
         saved = json.loads((plan.out / "mt_bench.json").read_text(encoding="utf-8"))
@@ -280,6 +282,7 @@ def run_mmlu(
     tuned, _ = mmlu.evaluate(plan.model, label="tuned", **kw)
     result: dict[str, Any] = {
         "models": {"model": tuned["model"], "base": None},
+        "specs": {"model": plan.model, "base": plan.base},
         "tasks": list(plan.mmlu_tasks),
         "limit": plan.mmlu_limit,
         "model": tuned,
