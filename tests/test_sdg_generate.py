@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 from labalign.cli import app
 from labalign.config import load_settings
 from labalign.llm.types import LLMRequest
+from labalign.sdg.blocks import LLMBlockConfig
 from labalign.sdg.generate import GenerateOptions, LeafInput, generate, heldout_count
+from labalign.sdg.pipeline import builtin_pipeline
 from labalign.taxonomy import ValidationOptions, load_leaves
 from tests.sdg_fakes import ScriptedTeacher, prompt_text
 
@@ -63,12 +65,20 @@ def test_counts_shapes_and_mixes(tmp_path: Path) -> None:
         "question_score",
     }
     stats = json.loads((tmp_path / "stats.json").read_text())
+    kinds = {leaf.leaf.name: leaf.leaf.kind for leaf in result.leaves}
     for leaf in stats["leaves"]:
+        choices = {
+            b.name: b.n
+            for b in builtin_pipeline(kinds[leaf["leaf"]]).config.blocks
+            if isinstance(b, LLMBlockConfig)
+        }
         for stage in leaf["stages"]:
             if stage["block"] in ("contexts", "parse_qa"):  # these make several rows from one
                 continue
-            # Every row that left the funnel has a counted reason.
-            assert stage["in"] - stage["out"] == sum(stage["dropped"].values()), stage
+            # Every row that left the funnel has a counted reason (an LLM block with n choices
+            # makes n rows of each).
+            made = stage["in"] * choices.get(stage["block"], 1)
+            assert made - stage["out"] == sum(stage["dropped"].values()), stage
 
 
 def test_more_than_thirty_samples_are_honoured(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from labalign.documents import Chunk
+from labalign.sdg.blocks import LLMBlockConfig
 from labalign.sdg.pipeline import PipelineConfig
 from labalign.sdg.rows import ROW_ID, Row, stable_int
 from labalign.taxonomy import Leaf
@@ -42,7 +43,11 @@ def rows_for_round(
     chunks: Sequence[Chunk] = (),
 ) -> list[Row]:
     """The rows that start round `round_no`, sized so the round should yield `needed` samples."""
-    count = max(1, math.ceil(needed * config.oversample / EXPECTED_PER_ROW[config.kind]))
+    # Blocks with n > 1 choices multiply rows (e.g. several questions per grounded context).
+    per_row = EXPECTED_PER_ROW[config.kind] * math.prod(
+        block.n for block in config.blocks if isinstance(block, LLMBlockConfig)
+    )
+    count = max(1, math.ceil(needed * config.oversample / per_row))
     rng = random.Random(stable_int(f"{seed}/{leaf.name}/round{round_no}"))
     base: dict[str, Any] = {
         "leaf": leaf.name,
