@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -16,6 +15,7 @@ from labalign.cli._common import OutputFormat, console, err_console, print_json,
 from labalign.config import Settings
 from labalign.evaluate import suite
 from labalign.evaluate.forgetting import DEFAULT_THRESHOLD
+from labalign.progress import PhaseCallback, phase_progress
 
 app = typer.Typer(name="evaluate", help="Measure what tuning changed.", no_args_is_help=True)
 
@@ -81,24 +81,8 @@ Threshold = Annotated[
 DEFAULT_OUT = Path("eval")
 
 
-@contextmanager
-def _progress() -> Iterator[Callable[[str, int, int], None]]:
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    ) as progress:
-        tasks: dict[str, TaskID] = {}
-
-        def on_progress(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = progress.add_task(phase, total=total)
-            progress.update(tasks[phase], completed=done, total=total)
-
-        yield on_progress
+def _progress() -> AbstractContextManager[PhaseCallback]:
+    return phase_progress(err_console)
 
 
 def _plan(s: Settings, **fields: Any) -> suite.EvalPlan:
