@@ -175,3 +175,21 @@ def test_cli_generate_data_stats_and_show(tmp_path: Path, monkeypatch: pytest.Mo
     assert result.exit_code == 1 and "no samples for leaf 'nope'" in result.output
     result = runner.invoke(app, ["generate", str(EXAMPLES), "--out", str(out), "--leaves", "nothing/here"])
     assert result.exit_code == 1 and "no leaf matches" in result.output
+
+
+def test_a_round_starts_only_the_chunks_it_needs(tmp_path: Path) -> None:
+    from labalign.sdg.generate import CHUNK_ROWS, FIRST_WINDOW_ROWS
+
+    result = run(tmp_path, ScriptedTeacher(), samples_per_leaf=40, heldout_fraction=0.0)
+    stats = {s.leaf: s.as_dict() for s in result.stats}
+    freeform = stats["compositional_skills/writing/formal_business_rewrite"]
+    # The round has 40 x oversample 2.0 = 80 rows; every row survives, so once the first chunk shows
+    # that, the rows already started are enough and the last chunk is never sent to the teacher.
+    assert freeform["rounds"] == 1 and freeform["kept"] == 40
+    assert freeform["stages"][0]["in"] == FIRST_WINDOW_ROWS == 80 - CHUNK_ROWS
+    # A teacher whose answers all fail gets every row of every round, as before.
+    failing = run(
+        tmp_path / "fail", ScriptedTeacher(low_scores=True), samples_per_leaf=40, heldout_fraction=0.0
+    )
+    stats = {s.leaf: s.as_dict() for s in failing.stats}
+    assert stats["compositional_skills/writing/formal_business_rewrite"]["stages"][0]["in"] == 4 * 80

@@ -20,8 +20,8 @@ from labalign.documents import Chunk
 from labalign.llm.types import Backend
 from labalign.sdg import mix
 from labalign.sdg.blocks import BlockContext, LLMBlockConfig, run_block
-from labalign.sdg.dedup import DedupMethod, near_duplicate_index
-from labalign.sdg.pipeline import Pipeline, PipelineKind, builtin_pipeline
+from labalign.sdg.dedup import DedupMethod, NearDuplicates, near_duplicate_index
+from labalign.sdg.pipeline import Pipeline, PipelineConfig, PipelineKind, builtin_pipeline
 from labalign.sdg.rows import ROW_ID, Row, stable_int
 from labalign.sdg.seeding import rows_for_round, seed_texts
 from labalign.sdg.stats import LeafStats
@@ -30,6 +30,10 @@ from labalign.taxonomy import Leaf
 # (leaf, block, rows done, rows total): drives the progress display.
 EventCallback = Callable[[str, str, int, int], None]
 SCORE_COLUMNS = ("question_score", "pair_score", "faithful", "relevancy")
+# A round's rows go through the pipeline in chunks of this many (row order), several at once...
+CHUNK_ROWS = 16
+# ...this many rows' worth before the first chunk has finished and shown how many rows survive.
+FIRST_WINDOW_ROWS = 64
 
 
 @dataclass
@@ -81,6 +85,66 @@ def _pipeline_for(leaf: Leaf, options: GenerateOptions) -> Pipeline:
     return options.pipelines.get(leaf.kind) or builtin_pipeline(leaf.kind)
 
 
+async def _run_chunk(rows: list[Row], config: PipelineConfig, ctx: BlockContext) -> list[Row]:
+    for block in config.blocks:
+        rows = await run_block(block, rows, ctx)
+        if not rows:
+            break
+    return rows
+
+
+async def _run_round(
+    rows: list[Row],
+    config: PipelineConfig,
+    ctx: BlockContext,
+    kept: list[Row],
+    across_rounds: NearDuplicates,
+    wanted: int,
+    on_event: EventCallback | None,
+) -> None:
+    """One round's rows through the pipeline in chunks, started only while they are expected to be
+    needed, so that the round's oversampling is not all paid for when the filters keep more.
+
+    Chunks run concurrently (every block of every started chunk keeps the teacher busy, with no
+    barrier between blocks); their output is taken in row order, deduplicated against everything kept
+    so far and appended to `kept`. Deterministic: whether chunk j starts is decided when the chunks
+    before j - window have all finished, from their output alone, never from timing. Every started
+    chunk runs to the end, so the funnel counts are deterministic too.
+    """
+    chunks = [rows[i : i + CHUNK_ROWS] for i in range(0, len(rows), CHUNK_ROWS)]
+    tasks: list[asyncio.Task[list[Row]]] = []
+
+    def start() -> None:
+        tasks.append(asyncio.create_task(_run_chunk(chunks[len(tasks)], config, ctx)))
+
+    while len(tasks) < len(chunks) and len(tasks) * CHUNK_ROWS < FIRST_WINDOW_ROWS:
+        start()
+    before, rows_done = len(kept), 0
+    try:
+        for i, chunk in enumerate(chunks):
+            if i == len(tasks):
+                break  # the chunks started were expected to be enough, and were
+            for row in await tasks[i]:
+                if across_rounds.find(str(row["question"])) is None:
+                    across_rounds.add(str(row["question"]))
+                    kept.append(row)
+                else:
+                    ctx.stats.stage("dedup_across_rounds").dropped["near_duplicate"] += 1
+            rows_done += len(chunk)
+            if on_event is not None:
+                on_event(ctx.leaf, f"round {ctx.stats.rounds}", min(len(kept), wanted), wanted)
+            # Start more while the rows in flight, at the yield seen so far, fall short.
+            yield_ = (len(kept) - before) / rows_done
+            in_flight = sum(len(c) for c in chunks[i + 1 : len(tasks)])
+            while len(tasks) < len(chunks) and yield_ * in_flight < wanted - len(kept):
+                in_flight += len(chunks[len(tasks)])
+                start()
+    finally:
+        for task in tasks:  # a chunk failed (a prompt that cannot be rendered): stop the others
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _run_leaf(
     job: LeafInput, teacher: Backend, judge: Backend, options: GenerateOptions, on_event: EventCallback | None
 ) -> LeafOutput:
@@ -123,20 +187,7 @@ async def _run_leaf(
         if not rows:
             break
         stats.rounds = round_no + 1
-        for block in config.blocks:
-            total = len(rows) * (block.n if isinstance(block, LLMBlockConfig) else 1)
-            if on_event is not None:
-                on_event(leaf.name, block.name, 0, total)
-                ctx.on_progress = lambda name, done, t=total: on_event(leaf.name, name, done, t)
-            rows = await run_block(block, rows, ctx)
-            if not rows:
-                break
-        for row in rows:
-            if across_rounds.find(str(row["question"])) is None:
-                across_rounds.add(str(row["question"]))
-                kept.append(row)
-            else:
-                stats.stage("dedup_across_rounds").dropped["near_duplicate"] += 1
+        await _run_round(rows, config, ctx, kept, across_rounds, wanted, on_event)
     kept = kept[:wanted]
     # Training gets its full share first; the held-out split takes what is left beyond it.
     n_train = min(len(kept), options.samples_per_leaf)
