@@ -107,9 +107,9 @@ async def _run_round(
 
     Chunks run concurrently (every block of every started chunk keeps the teacher busy, with no
     barrier between blocks); their output is taken in row order, deduplicated against everything kept
-    so far and appended to `kept`. Deterministic: whether chunk j starts is decided when the chunks
-    before j - window have all finished, from their output alone, never from timing. Every started
-    chunk runs to the end, so the funnel counts are deterministic too.
+    so far and appended to `kept`. Deterministic: whether more chunks start is decided each time the
+    next chunk in row order has finished, from the output of the chunks up to it, never from timing;
+    and every started chunk runs to the end, so the funnel counts are deterministic too.
     """
     chunks = [rows[i : i + CHUNK_ROWS] for i in range(0, len(rows), CHUNK_ROWS)]
     tasks: list[asyncio.Task[list[Row]]] = []
