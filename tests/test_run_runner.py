@@ -220,3 +220,14 @@ def test_profiles_sit_below_flags() -> None:
     assert s.train.epochs == profile.settings["train.epochs"]
     with pytest.raises(LabalignError, match="unknown profile"):
         get_profile("huge")
+
+
+def test_cli_missing_taxonomy_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from labalign.cli import app
+
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "nope"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "taxonomy folder not found" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()

@@ -247,6 +247,12 @@ class Runner:
 
 def run(options: RunOptions, settings: Settings, console: Console) -> Manifest:
     """Run (or resume) every stage of a run; returns the final manifest."""
+    if not options.taxonomy.is_dir():
+        raise LabalignError(
+            "taxonomy folder not found",
+            path=options.taxonomy,
+            hint="give the folder that holds compositional_skills/ and knowledge/",
+        )
     if options.from_stage is not None and options.from_stage not in STAGES:
         raise LabalignError(f"unknown stage {options.from_stage!r}", hint=f"stages: {', '.join(STAGES)}")
     return Runner(options, settings, console).run()

@@ -181,9 +181,13 @@ def evaluate(ctx: RunContext) -> dict[str, Any]:
     if ctx.fresh and out.exists():
         shutil.rmtree(out)  # cached answers belong to the model that was there before
     out.mkdir(parents=True, exist_ok=True)
+    from labalign.train.phases import resolve_model
+
     plan = EvalPlan(
         model=str(ctx.run_dir / TRAIN / "final"),
-        base=ctx.student,
+        # The exact weights training started from, through the same engine as the tuned model ('default'
+        # would otherwise be the quantized GGUF through llama.cpp): before and after differ only by tuning.
+        base=str(resolve_model(ctx.student, ctx.settings.cache_dir)),
         judge=ctx.eval_judge,
         taxonomy=ctx.taxonomy,
         out=out,
