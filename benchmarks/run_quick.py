@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     if not converted_before:
         print("(this run included the one-time conversion of the embedded model)")
 
-    answers = [json.loads(line) for line in (args.out / "eval" / "branch_answers.jsonl").read_text().splitlines()]
+    answers = [
+        json.loads(line) for line in (args.out / "eval" / "branch_answers.jsonl").read_text().splitlines()
+    ]
     print("\nheld-out questions (examples/heldout), reference token F1")
     print(f"{'leaf':<60} {'n':>3} {'base':>6} {'tuned':>6}  delta [95% CI]")
     ok = True

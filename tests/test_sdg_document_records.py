@@ -9,7 +9,7 @@ from pathlib import Path
 from labalign.config import load_settings
 from labalign.sdg.driver import leaf_inputs
 from labalign.sdg.generate import GenerateOptions, generate
-from labalign.sdg.mix import document_records
+from labalign.sdg.mix import document_records, seed_records
 from labalign.taxonomy import ValidationOptions, load_leaves
 from tests.sdg_fakes import ScriptedTeacher
 
@@ -45,3 +45,20 @@ def test_generate_adds_them_to_phase1_only_when_asked(tmp_path: Path) -> None:
         phase1 = [json.loads(line) for line in (out / "phase1.jsonl").read_text().splitlines()]
         counts[flag] = sum(1 for r in phase1 if r["metadata"]["variant"] == "document")
     assert counts == {True: 3, False: 0}
+
+
+def test_seed_records_follow_the_leaf_kind() -> None:
+    leaves = {leaf.kind: leaf for leaf in load_leaves([EXAMPLES], ValidationOptions(check_documents=False))}
+    knowledge = seed_records(leaves["knowledge"], "", context_variant=True)
+    pairs = sum(len(s.qna) for s in leaves["knowledge"].seed_examples)
+    assert len(knowledge) == 2 * pairs  # closed book and with the seed's context
+    assert {r["metadata"]["variant"] for r in knowledge} == {"closed_book", "context_in_prompt"}
+    first = leaves["knowledge"].seed_examples[0]
+    assert knowledge[0]["messages"][0]["content"] == first.qna[0].question
+    assert knowledge[0]["messages"][1]["content"] == first.qna[0].answer
+    assert first.context and first.context.strip() in knowledge[1]["messages"][0]["content"]
+    grounded = seed_records(leaves["grounded_skill"], "", context_variant=True)
+    assert len(grounded) == len(leaves["grounded_skill"].seed_examples)
+    assert all(r["metadata"]["source"] == "seed" for r in grounded)
+    ctx = leaves["grounded_skill"].seed_examples[0].context
+    assert ctx and ctx.strip() in grounded[0]["messages"][0]["content"]

@@ -195,7 +195,7 @@ def evaluate(ctx: RunContext) -> dict[str, Any]:
         evals=ctx.profile.evals,
         max_tokens=ctx.profile.eval_max_tokens,
         cache_path=out / "cache.sqlite",
-        seeds=ctx.profile.eval_seeds,
+        seeds=ctx.profile.eval_seeds and not ctx.settings.sdg.seed_records,  # trained on: not held out
     )
     with phase_progress(ctx.console, transient=False) as on_progress:
         results = evaluate_all(plan, ctx.settings, on_progress=on_progress)

@@ -107,6 +107,7 @@ def options_from_settings(
         system_prompt=s.sdg.system_prompt,
         context_variants=s.sdg.context_variants,
         document_records=s.sdg.document_records,
+        seed_records=s.sdg.seed_records,
         dedup=s.sdg.dedup,
         chat=chat,
         pipelines=dict(pipelines or {}),

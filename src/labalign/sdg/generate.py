@@ -45,6 +45,7 @@ class GenerateOptions:
     system_prompt: str = ""
     context_variants: bool = True
     document_records: bool = True
+    seed_records: bool = False
     dedup: DedupMethod = "auto"  # near-duplicate removal (sdg.dedup)
     chat: bool | None = None  # None: chat for OpenAI-compatible teachers, raw completion otherwise
     pipelines: dict[PipelineKind, Pipeline] = field(default_factory=dict)
@@ -265,6 +266,10 @@ async def generate(
             meta = _provenance(row, job, pipeline, teacher, judge)
             leaf_records += mix.sample_records(
                 row, meta, options.system_prompt, context_variant=options.context_variants
+            )
+        if options.seed_records:
+            leaf_records += mix.seed_records(
+                job.leaf, options.system_prompt, context_variant=options.context_variants
             )
         if job.leaf.kind == "knowledge":
             base = {"leaf": job.leaf.name, "kind": "knowledge", "teacher": teacher.identity}

@@ -14,6 +14,7 @@ from typing import Any
 
 from labalign.documents import Chunk
 from labalign.sdg.rows import Row, stable_int
+from labalign.taxonomy import Leaf
 
 Record = dict[str, Any]
 
@@ -99,6 +100,30 @@ def document_records(chunks: Iterable[Chunk], leaf_meta: dict[str, Any], system_
         }
         user = DOCUMENT_PROMPT.format(title=title, topic=topic)
         out.append(record(_turn(user, chunk.text.strip()), meta, system_prompt))
+    return out
+
+
+def seed_records(leaf: Leaf, system_prompt: str, *, context_variant: bool) -> list[Record]:
+    """The leaf's own hand-written examples as training records, in the same shapes as generated ones.
+    They are the best data a leaf has (and teach the answer style: a 270M teacher's answers ramble);
+    train on them only when the seed questions are not also used for evaluation."""
+    out: list[Record] = []
+    for seed in leaf.seed_examples:
+        for i, qna in enumerate(seed.qna):
+            row: Row = {"question": qna.question, "answer": qna.answer}
+            if leaf.kind == "knowledge":
+                row["chunk"] = seed.context or ""
+            elif leaf.kind == "grounded_skill":
+                row["context"] = seed.context or ""
+            meta = {
+                "leaf": leaf.name,
+                "kind": leaf.kind,
+                "source": "seed",
+                "seed_example": seed.index,
+                "qna": i,
+            }
+            knowledge_context = context_variant and leaf.kind == "knowledge" and bool(seed.context)
+            out += sample_records(row, meta, system_prompt, context_variant=knowledge_context)
     return out
 
 

@@ -35,6 +35,11 @@ class SDGSettings(BaseModel):
         description="Also train on every document chunk itself (as the answer about its section), not "
         "only on the teacher's questions about some chunks.",
     )
+    seed_records: bool = Field(
+        False,
+        description="Also train on each leaf's hand-written seed examples (then do not evaluate on the "
+        "seed questions: they are no longer held out).",
+    )
     teacher_format: Literal["auto", "chat", "completion"] = Field(
         "auto",
         description="How prompts reach the teacher: auto = chat for servers, completion for local models.",
