@@ -9,8 +9,9 @@ instructlab-sdg), against the same OpenAI-compatible endpoint:
   format each prompt asks for, judges with the same odds for both tools. It counts every token it
   serves, so tokens per accepted sample are measured on the server side, the same way for both.
 - `llamacpp`: `labalign serve default` (the embedded Gemma 3 270M through llama.cpp) behind
-  benchmarks/_usage_proxy.py, which adds up the token counts the server reports. Slow on 2 cores:
-  instructlab-sdg's "full" pipeline asks for up to 4096 tokens per call, so it gets a time limit.
+  benchmarks/_usage_proxy.py, which adds up the token counts the server reports. Slow on 2 cores,
+  so each tool gets a time limit (--llamacpp-timeout) and the samples it accepted by then count:
+  labalign's from its progress events, instructlab-sdg's from the leaves it finished.
 
 Accepted samples are those that passed every filter: labalign's training plus held-out samples,
 instructlab-sdg's per-leaf pipeline output (generated_*/ before mixing). "server busy" is the share
@@ -203,12 +204,15 @@ def run_instructlab(
     requests = after["requests"] - before["requests"]
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     if not lines:
-        why = (
-            f"timed out after {timeout_s:.0f} s"
-            if process.returncode in (-9, None)
-            else f"failed (see {log})"
+        # Stopped at its time limit (or failed): instructlab-sdg writes each leaf's accepted samples
+        # to generated_*/ when the leaf is done, so the leaves it finished still count.
+        done = sum(
+            sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+            for path in out.glob("generated_*/*.jsonl")
         )
-        return Run("instructlab-sdg", endpoint, config, 0, elapsed, tokens, prompt, requests, note=why)
+        timed_out = process.returncode in (-9, None)
+        why = f"time limit {timeout_s:.0f} s: accepted so far" if timed_out else f"failed (see {log})"
+        return Run("instructlab-sdg", endpoint, config, done, elapsed, tokens, prompt, requests, note=why)
     result = json.loads(lines[-1])
     return Run(
         f"instructlab-sdg {result['version']}",
@@ -236,6 +240,7 @@ def run_labalign(
     stats: Stats,
     overrides: dict[str, Any] | None = None,
     config: str = "defaults",
+    timeout_s: float | None = None,
 ) -> Run:
     from labalign.config import load_settings
     from labalign.llm.resolve import open_backend
@@ -250,29 +255,43 @@ def run_labalign(
     jobs = leaf_inputs(leaves, s)
     options = options_from_settings(s)
 
-    async def go() -> tuple[int, float]:
-        started = time.perf_counter()
+    # Samples that passed every filter so far, per leaf (the progress events carry them), so that a
+    # run stopped at its time limit still counts what it had accepted.
+    accepted: dict[str, int] = {}
+
+    def on_event(leaf: str, block: str, done: int, total: int) -> None:
+        if block.startswith("round") or block == "done":
+            accepted[leaf] = done
+
+    async def go() -> None:
         teacher = open_backend(url_v1, settings=s.llm, cache_dir=s.cache_dir)
         try:
-            result = await generate(jobs, teacher=teacher, out_dir=out, options=options)
+            await generate(jobs, teacher=teacher, out_dir=out, options=options, on_event=on_event)
         finally:
             await teacher.aclose()
-        return sum(
-            len(leaf.train) + len(leaf.heldout) for leaf in result.leaves
-        ), time.perf_counter() - started
+
+    async def limited() -> str:
+        try:
+            await asyncio.wait_for(go(), timeout_s)
+        except TimeoutError:
+            return f"time limit {timeout_s:.0f} s: accepted so far"
+        return ""
 
     before = stats()
-    accepted, seconds = asyncio.run(go())
+    started = time.perf_counter()
+    note = asyncio.run(limited())
+    seconds = time.perf_counter() - started
     after = stats()
     return Run(
         "labalign",
         endpoint,
         f"{samples}/leaf, {config}",
-        accepted,
+        sum(accepted.values()),
         seconds,
         after["completion_tokens"] - before["completion_tokens"],
         after["prompt_tokens"] - before["prompt_tokens"],
         after["requests"] - before["requests"],
+        note=note,
     )
 
 
@@ -380,6 +399,7 @@ def llamacpp_endpoint(args: argparse.Namespace, python: Path, work: Path) -> lis
                     stats=stats,
                     overrides={"llm.max_concurrency": 1, "llm.request_timeout_s": 600},
                     config="1 in flight",
+                    timeout_s=args.llamacpp_timeout,
                 )
             )
             taxonomy = work / "taxonomy-llamacpp"
@@ -500,7 +520,10 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, default=1800.0, help="seconds per instructlab-sdg run (slots)"
     )
     parser.add_argument(
-        "--llamacpp-timeout", type=float, default=600.0, help="seconds for instructlab-sdg on llama.cpp"
+        "--llamacpp-timeout",
+        type=float,
+        default=600.0,
+        help="seconds each tool may run on llama.cpp; what it accepted by then counts",
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--instructlab-version", default=INSTRUCTLAB_SDG)
