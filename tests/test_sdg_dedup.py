@@ -28,6 +28,7 @@ from labalign.sdg.dedup import (
 from labalign.sdg.driver import options_from_settings
 from labalign.sdg.generate import GenerateOptions, generate
 from labalign.sdg.prompts import PromptLibrary
+from labalign.sdg.settings import SDGSettings
 from labalign.sdg.stats import LeafStats
 from labalign.textmetrics import rouge_l, tokens
 from tests.sdg_fakes import ScriptedTeacher
@@ -154,6 +155,10 @@ def test_auto_switches_to_minhash_for_large_sets() -> None:
     assert isinstance(near_duplicate_index(0.7, "auto", expected_texts=10), NearDuplicateIndex)
     assert isinstance(near_duplicate_index(0.7, "auto", expected_texts=5000), MinHashIndex)
     assert isinstance(near_duplicate_index(0.7, "minhash"), MinHashIndex)
+    # The setting's help states the switch-over size: it must be this one.
+    assert f"minhash from {AUTO_MINHASH_MIN_TEXTS} samples" in str(
+        SDGSettings.model_fields["dedup"].description
+    )
 
 
 def block_ctx(dedup: str) -> BlockContext:
