@@ -138,9 +138,7 @@ def run_command(
     console.print(stage_table(manifest))
     final = run_dir / "train" / "final"
     console.print(
-        f"report: {run_dir / 'report.html'}\n"
-        f"chat:   labalign chat {final}\n"
-        f"serve:  labalign serve {final}",
+        f"report: {run_dir / 'report.html'}\nchat:   labalign chat {final}\nserve:  labalign serve {final}",
         highlight=False,
         soft_wrap=True,
     )
