@@ -196,7 +196,11 @@ def start(
 
 def stop(server: subprocess.Popen[str]) -> None:
     server.terminate()
-    server.wait(timeout=10)
+    try:
+        server.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # uvicorn waits for requests still in flight
+        server.kill()
+        server.wait()
     if server.stdout is not None:
         server.stdout.close()
 

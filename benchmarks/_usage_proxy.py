@@ -76,6 +76,18 @@ def start(upstream: str, timeout_s: float = 3600.0) -> tuple[subprocess.Popen[st
     return proxy, f"http://127.0.0.1:{int(line.split()[1])}"
 
 
+def stop(proxy: subprocess.Popen[str]) -> None:
+    """Stop it even while it still forwards an abandoned request (uvicorn would wait for it)."""
+    proxy.terminate()
+    try:
+        proxy.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proxy.kill()
+        proxy.wait()
+    if proxy.stdout is not None:
+        proxy.stdout.close()
+
+
 def get_stats(url: str) -> dict[str, Any]:
     import httpx
 

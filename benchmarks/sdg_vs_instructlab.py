@@ -422,10 +422,7 @@ def llamacpp_endpoint(args: argparse.Namespace, python: Path, work: Path) -> lis
                 )
             )
         finally:
-            proxy.terminate()
-            proxy.wait(timeout=10)
-            if proxy.stdout is not None:
-                proxy.stdout.close()
+            _usage_proxy.stop(proxy)
     return runs
 
 
