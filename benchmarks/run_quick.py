@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists() and not args.resume:
         shutil.rmtree(args.out)
     cache = load_settings().cache_dir
-    converted_before = any((cache / "models").glob("*/config.json")) if (cache / "models").is_dir() else False
+    converted_before = any((cache / "models" / "hf").glob("*/config.json"))
     start = time.monotonic()
     code = subprocess.call(
         [sys.executable, "-m", "labalign", "run", str(ROOT / "examples" / "taxonomy"), "--out", str(args.out)]
