@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -419,3 +419,37 @@ def patch_resolver(monkeypatch: pytest.MonkeyPatch) -> tuple[ScriptedBackend, li
 
     monkeypatch.setattr(labalign.llm.resolve, "open_backend", open_backend)
     return scripted, opened
+
+
+class RuleBackend:
+    """A backend that answers every request with `rule(request)` and keeps the requests it saw."""
+
+    def __init__(self, rule: Callable[[LLMRequest], str], identity: str = "judge:v1") -> None:
+        self.rule, self._identity = rule, identity
+        self.seen: list[LLMRequest] = []
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    @property
+    def context_window(self) -> int | None:
+        return None
+
+    async def generate(
+        self, requests: Sequence[LLMRequest], *, on_result: ResultCallback | None = None
+    ) -> list[LLMResult]:
+        out = []
+        for r in requests:
+            self.seen.append(r)
+            result = LLMResult(r, (Choice(self.rule(r), "stop"),))
+            if on_result is not None:
+                on_result(result)
+            out.append(result)
+        return out
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
+        yield self.rule(request)
+
+    async def aclose(self) -> None:
+        return None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,10 @@ from labalign.evaluate import branch
 from labalign.evaluate.judge import parse_rating
 from labalign.evaluate.questions import EvalQuestion, default_heldout_dir, gather
 from labalign.evaluate.stats import paired_delta
-from labalign.llm.types import Choice, LLMRequest, LLMResult, ResultCallback
+from labalign.llm.types import LLMRequest
 from labalign.taxonomy import ValidationOptions, load_leaves
 from labalign.textmetrics import token_f1
+from tests.llm_fakes import RuleBackend
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "taxonomy"
 
@@ -73,42 +73,19 @@ def test_gather_sources_and_errors(tmp_path: Path) -> None:
     assert info.value.line == 2
 
 
-class Answering:
+class Answering(RuleBackend):
     """Answers with the reference (good=True) or with nonsense; judges by a fixed rating."""
 
     def __init__(self, references: dict[str, str], good: bool, name: str) -> None:
-        self.references, self.good, self.name = references, good, name
+        super().__init__(self.answer, name)
+        self.references, self.good = references, good
 
-    @property
-    def identity(self) -> str:
-        return self.name
-
-    @property
-    def context_window(self) -> int | None:
-        return None
-
-    async def generate(
-        self, requests: Sequence[LLMRequest], *, on_result: ResultCallback | None = None
-    ) -> list[LLMResult]:
-        out = []
-        for r in requests:
-            assert r.messages is not None and r.params.temperature == 0.0
-            text = r.messages[-1].content
-            if text.startswith("Please act as an impartial judge"):
-                answer = "Fine. Rating: [[9]]" if "[The Assistant's Answer]\nsecret" not in text else "bad"
-            else:
-                answer = self.references.get(text, "") if self.good else "purple monkey dishwasher"
-            result = LLMResult(r, (Choice(answer, "stop"),))
-            if on_result:
-                on_result(result)
-            out.append(result)
-        return out
-
-    async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
-        yield ""
-
-    async def aclose(self) -> None:
-        return None
+    def answer(self, r: LLMRequest) -> str:
+        assert r.messages is not None and r.params.temperature == 0.0
+        text = r.messages[-1].content
+        if text.startswith("Please act as an impartial judge"):
+            return "Fine. Rating: [[9]]" if "[The Assistant's Answer]\nsecret" not in text else "bad"
+        return self.references.get(text, "") if self.good else "purple monkey dishwasher"
 
 
 def test_report_per_leaf_and_overall() -> None:

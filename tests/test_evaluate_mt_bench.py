@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from labalign.errors import LabalignError
 from labalign.evaluate import mt_bench
-from labalign.llm.types import Choice, LLMRequest, LLMResult, ResultCallback
-from tests.llm_fakes import ScriptedBackend
+from labalign.llm.types import LLMRequest
+from tests.llm_fakes import RuleBackend, ScriptedBackend
 
 QUESTIONS = [
     {"question_id": 81, "category": "writing", "turns": ["Write a haiku about rain.", "Now make it sad."]},
@@ -75,40 +75,6 @@ def write_fixture(root: Path, questions: Sequence[dict[str, object]] = QUESTIONS
     (root / "question.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
     (root / "judge_prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     return root
-
-
-class ScriptedJudge:
-    """Rates by rule from the judge prompt it sees; records every request."""
-
-    def __init__(self, rule: Callable[[LLMRequest], str], identity: str = "judge:v1") -> None:
-        self.rule, self._identity = rule, identity
-        self.seen: list[LLMRequest] = []
-
-    @property
-    def identity(self) -> str:
-        return self._identity
-
-    @property
-    def context_window(self) -> int | None:
-        return None
-
-    async def generate(
-        self, requests: Sequence[LLMRequest], *, on_result: ResultCallback | None = None
-    ) -> list[LLMResult]:
-        out = []
-        for r in requests:
-            self.seen.append(r)
-            result = LLMResult(r, (Choice(self.rule(r), "stop"),))
-            if on_result is not None:
-                on_result(result)
-            out.append(result)
-        return out
-
-    async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
-        yield self.rule(request)
-
-    async def aclose(self) -> None:
-        return None
 
 
 def rule(request: LLMRequest) -> str:
@@ -192,7 +158,7 @@ def test_parse_rating_is_fastchat_s() -> None:
 def test_two_turn_answers_grading_and_scores(tmp_path: Path) -> None:
     data = mt_bench.load_data(write_fixture(tmp_path))
     model = ScriptedBackend(identity="tuned")
-    judge = ScriptedJudge(rule)
+    judge = RuleBackend(rule)
     answers = asyncio.run(mt_bench.answer(model, data.questions, max_tokens=64))
     # Turn 1 in one batch, then turn 2 in one batch; turn 2 sees the model's own turn-1 answer.
     assert model.batch_sizes == [3, 3]
@@ -222,13 +188,13 @@ def test_two_turn_answers_grading_and_scores(tmp_path: Path) -> None:
 def test_failed_answers_are_errors_and_base_delta(tmp_path: Path) -> None:
     questions = [*QUESTIONS, {"question_id": 99, "category": "stem", "turns": ["fail:server now", "next"]}]
     data = mt_bench.load_data(write_fixture(tmp_path, questions))
-    judge = ScriptedJudge(rule)
+    judge = RuleBackend(rule)
     answers = asyncio.run(mt_bench.answer(ScriptedBackend(identity="tuned"), data.questions))
     # Turn 1 failed: turn 2 is never asked, neither turn is judged, both count as errors.
     assert answers.turns[3] == (None, None) and answers.errors == 2
     tuned = asyncio.run(mt_bench.grade(judge, data, data.questions, answers))
     assert len(judge.seen) == 6 and tuned.scores[3] == (None, None)
-    harsh = ScriptedJudge(lambda r: "[[2]]")
+    harsh = RuleBackend(lambda r: "[[2]]")
     base_answers = asyncio.run(mt_bench.answer(ScriptedBackend(identity="base"), data.questions))
     base = asyncio.run(mt_bench.grade(harsh, data, data.questions, base_answers))
     result = mt_bench.report(data.questions, tuned, base, "judge:v1", tmp_path)

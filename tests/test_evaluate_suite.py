@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,9 @@ from labalign.errors import LabalignError
 from labalign.evaluate import mt_bench, suite
 from labalign.evaluate.html import section
 from labalign.evaluate.questions import default_heldout_dir, gather
-from labalign.llm.types import Choice, LLMRequest, LLMResult, ResultCallback
+from labalign.llm.types import LLMRequest
 from labalign.taxonomy import ValidationOptions, load_leaves
+from tests.llm_fakes import RuleBackend
 from tests.test_evaluate_mmlu import write_task
 from tests.test_evaluate_mt_bench import write_fixture
 from tests.tiny_models import tiny_llama_dir
@@ -29,20 +29,13 @@ from tests.tiny_models import tiny_llama_dir
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "taxonomy"
 
 
-class Fake:
+class Fake(RuleBackend):
     """The tuned model knows the taxonomy but writes 'meh' chat answers; the base knows nothing but chats
     well; the judge rates branch answers 8 and MT-Bench answers 3 ('meh') or 8."""
 
     def __init__(self, name: str, references: dict[str, str]) -> None:
+        super().__init__(self.answer, f"fake:{name}")
         self.name, self.references = name, references
-
-    @property
-    def identity(self) -> str:
-        return f"fake:{self.name}"
-
-    @property
-    def context_window(self) -> int | None:
-        return None
 
     def answer(self, request: LLMRequest) -> str:
         assert request.messages is not None
@@ -54,23 +47,6 @@ class Fake:
         if self.name == "tuned":
             return self.references.get(text, "meh, no idea")
         return "a fluent but uninformed answer"
-
-    async def generate(
-        self, requests: Sequence[LLMRequest], *, on_result: ResultCallback | None = None
-    ) -> list[LLMResult]:
-        out = []
-        for r in requests:
-            result = LLMResult(r, (Choice(self.answer(r), "stop"),))
-            if on_result is not None:
-                on_result(result)
-            out.append(result)
-        return out
-
-    async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
-        yield self.answer(request)
-
-    async def aclose(self) -> None:
-        return None
 
 
 @pytest.fixture
