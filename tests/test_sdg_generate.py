@@ -24,7 +24,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "taxonomy"
 
 
 def jobs(max_chunks: int = 4) -> list[LeafInput]:
-    from labalign.cli.generate import leaf_inputs
+    from labalign.sdg.driver import leaf_inputs
 
     s = load_settings(overrides={"sdg.max_chunks": max_chunks})
     return leaf_inputs(load_leaves([EXAMPLES], ValidationOptions(check_documents=False)), s)

@@ -12,9 +12,6 @@ import typer
 from rich.console import Console
 
 from labalign.config import Settings, load_settings
-from labalign.sdg.driver import resolve_leaf_documents
-
-__all__ = ["resolve_leaf_documents"]  # commands import it from here
 
 console = Console()
 err_console = Console(stderr=True)

@@ -15,7 +15,6 @@ from labalign.cli._common import (
     console,
     err_console,
     print_json,
-    resolve_leaf_documents,
     settings,
 )
 from labalign.documents import (
@@ -25,6 +24,7 @@ from labalign.documents import (
 )
 from labalign.documents.security import redact
 from labalign.errors import DocumentError
+from labalign.sdg.driver import resolve_leaf_documents
 
 app = typer.Typer(
     name="documents",

@@ -27,8 +27,6 @@ from labalign.sdg.driver import (
 from labalign.sdg.pipeline import Pipeline, PipelineKind, load_pipeline
 from labalign.taxonomy import ValidationOptions, load_leaves
 
-__all__ = ["funnel_table", "leaf_inputs", "open_teacher"]  # re-exported: tests and older imports
-
 data_app = typer.Typer(name="data", help="Inspect generated datasets.", no_args_is_help=True)
 
 

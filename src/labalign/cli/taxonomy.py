@@ -15,10 +15,10 @@ from labalign.cli._common import (
     console,
     err_console,
     print_json,
-    resolve_leaf_documents,
     settings,
 )
 from labalign.errors import TaxonomyError
+from labalign.sdg.driver import resolve_leaf_documents
 from labalign.taxonomy import (
     Leaf,
     TaxonomyFile,

@@ -236,7 +236,7 @@ class Runner:
                         continue
                     ctx.fresh = plan.action == "run"
                     self._stage(plan.stage, ctx, fps[plan.stage])
-            except (LabalignError, Exception):
+            except Exception:
                 # The report of a stopped run still shows what is there; never mask the real error.
                 if stage != "report":
                     with contextlib.suppress(Exception):
