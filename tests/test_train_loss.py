@@ -109,6 +109,22 @@ def test_frozen_head_gets_no_gradient_buffer_and_no_grad_path_matches() -> None:
     assert float(eval_loss) == pytest.approx(float(loss.detach()), rel=1e-6)
 
 
+def test_no_grad_does_no_gradient_work_even_for_a_trainable_head() -> None:
+    """Evaluation (perplexity) runs under no_grad with the model's head still requiring grad: only the
+    logits matmul may run, not the gradient matmuls."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h, t = torch.randn(64, 8), torch.randint(0, 50, (64,))
+    w = torch.randn(50, 8, requires_grad=True)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        loss, n = chunked_cross_entropy_sum(h, t, HeadSpec(w), chunk_tokens=64)
+    assert n == 64 and counter.get_total_flops() == 2 * 64 * 8 * 50
+    assert float(loss) == pytest.approx(float(_reference(h, t, HeadSpec(w.detach()))), rel=1e-5)
+    with FlopCounterMode(display=False) as counter:  # with grad mode on, the gradients are computed
+        chunked_cross_entropy_sum(h, t, HeadSpec(w), chunk_tokens=64)
+    assert counter.get_total_flops() == 2 * (2 * 64 * 8 * 50)
+
+
 def test_bf16_autocast_stays_close_to_fp32() -> None:
     torch.manual_seed(1)
     h = torch.randn(64, 32, requires_grad=True)
