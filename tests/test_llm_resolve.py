@@ -13,6 +13,7 @@ pytest.importorskip("transformers", reason="needs torch and transformers (the hf
 from labalign.errors import LabalignError
 from labalign.llm import resolve
 from labalign.llm.resolve import describe_spec, open_backend, parse_spec
+from labalign.llm.settings import LLMSettings
 from tests.tiny_models import tiny_llama_dir, tiny_llama_gguf
 
 has_llama_cpp = importlib.util.find_spec("llama_cpp") is not None
@@ -73,7 +74,10 @@ def test_hf_directory_opens_transformers(tiny: tuple[Path, Path]) -> None:
     from labalign.llm.hf import TransformersBackend
 
     backend = open_backend(str(tiny[0]))
-    assert isinstance(backend, TransformersBackend)
+    assert isinstance(backend, TransformersBackend) and backend.batch_size == 64
+    asyncio.run(backend.aclose())
+    backend = open_backend(str(tiny[0]), settings=LLMSettings(local_batch_size=5))
+    assert isinstance(backend, TransformersBackend) and backend.batch_size == 5
     asyncio.run(backend.aclose())
     with pytest.raises(LabalignError, match=r"llama\.cpp runs \.gguf files"):
         open_backend(str(tiny[0]), prefer="llamacpp")

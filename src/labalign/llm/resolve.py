@@ -123,14 +123,14 @@ def open_backend(
                 path=parsed.value,
                 hint="drop --engine",
             )
-        return _transformers(Path(parsed.value))
+        return _transformers(Path(parsed.value), settings)
 
     if parsed.kind == "default":
         from labalign.llm.default_model import default_gguf_path, default_hf_dir
 
         if _use_llamacpp(prefer):
             return _llamacpp(default_gguf_path(cache))
-        return _transformers(default_hf_dir(cache))
+        return _transformers(default_hf_dir(cache), settings)
 
     gguf_path = Path(parsed.value)
     if _use_llamacpp(prefer):
@@ -139,7 +139,7 @@ def open_backend(
 
     out_dir = converted_dir_for(gguf_path, cache)
     convert_gguf(gguf_path, out_dir)
-    return _transformers(out_dir)
+    return _transformers(out_dir, settings)
 
 
 def transformers_available() -> bool:
@@ -162,7 +162,7 @@ def _llamacpp(path: Path) -> Backend:
     return LlamaCppBackend(path)
 
 
-def _transformers(model_dir: Path) -> Backend:
+def _transformers(model_dir: Path, settings: LLMSettings | None) -> Backend:
     try:
         from labalign.llm.hf import TransformersBackend
     except ImportError as exc:
@@ -170,4 +170,7 @@ def _transformers(model_dir: Path) -> Backend:
             f"running a Hugging Face model needs transformers and torch ({exc.name} is not installed)",
             hint=TRANSFORMERS_HINT,
         ) from exc
-    return TransformersBackend(model_dir)
+    from labalign.llm.settings import LLMSettings
+
+    batch = (settings or LLMSettings()).local_batch_size
+    return TransformersBackend(model_dir, batch_size=batch)

@@ -41,6 +41,14 @@ class LLMSettings(BaseModel):
         description="Send chat requests to /v1/chat/completions; false: render labalign's default chat "
         "template and use /v1/completions (for base models served without a chat template).",
     )
+    local_batch_size: int = Field(
+        64,
+        ge=1,
+        le=1024,
+        description="Prompts decoded together by an in-process transformers model (evaluation, a "
+        "Hugging Face teacher); on 2 CPU cores 32 held-out questions took 30 s in one batch against 65 s "
+        "in batches of 8.",
+    )
     cache: bool = Field(
         True, description="Keep every successful model answer in a request cache so a killed run resumes."
     )
