@@ -103,6 +103,21 @@ def test_concurrent_generate_calls_are_safe(backend: Backend) -> None:
     assert [r[0].text for r in concurrent] == [r.text for r in sequential]
 
 
+def test_answers_do_not_depend_on_the_prompt_before(backend: Backend) -> None:
+    """A prompt that shares a long prefix with the one before reuses it (in whole blocks) and still
+    gets the answer it gets after an unrelated prompt."""
+    from labalign.llm.llamacpp import PREFILL_BLOCK, LlamaCppBackend
+
+    assert isinstance(backend, LlamaCppBackend)
+    prefix = "The island has two very different halves, a granite north and a low green south. " * 6
+    first, second = (LLMRequest(prompt=prefix + end, params=GREEDY) for end in ("The north", "The south"))
+    other = LLMRequest(prompt="Hello there", params=GREEDY)
+    after_shared = run(backend, [first, second])[1]
+    after_other = run(backend, [other, second])[1]
+    assert after_shared.ok and after_shared.text == after_other.text
+    assert after_shared.prompt_tokens > PREFILL_BLOCK  # long enough that a block was reused
+
+
 def test_context_length_error_is_per_request(backend: Backend) -> None:
     requests = [
         LLMRequest(prompt="word " * 400, params=GREEDY),

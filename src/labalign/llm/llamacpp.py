@@ -30,6 +30,9 @@ from labalign.llm.resolve import LLAMA_CPP_HINT
 from labalign.llm.types import Choice, LLMCallError, LLMError, LLMRequest, LLMResult, Message, ResultCallback
 
 DEFAULT_N_CTX = 8192
+# Prompts are evaluated in blocks of this many tokens at positions that are multiples of it, and a
+# cached prefix is reused only in whole blocks (see `_reuse_whole_blocks`).
+PREFILL_BLOCK = 64
 """Context used when none is given, capped by the model's own: the KV cache of a 32k context would cost
 hundreds of MB for little use in SDG prompts."""
 
@@ -98,6 +101,7 @@ class LlamaCppBackend:
                     n_ctx=n_ctx,
                     n_threads=self.n_threads,
                     n_threads_batch=self.n_threads,
+                    n_batch=PREFILL_BLOCK,
                     seed=seed,
                     verbose=False,
                 )
@@ -149,6 +153,7 @@ class LlamaCppBackend:
             if isinstance(prepared, LLMError):
                 raise LLMCallError(prepared)
             ids, stops = prepared
+            self._reuse_whole_blocks(ids)
             chunks = cast(
                 Iterator[Any],
                 self._llm.create_completion(ids, stream=True, seed=seed, **self._sampling(request, stops)),
@@ -223,6 +228,25 @@ class LlamaCppBackend:
         stops = tuple(dict.fromkeys((*params.stop, *(self._chat_stops if request.is_chat else ()))))
         return list(ids), stops
 
+    def _reuse_whole_blocks(self, ids: list[int]) -> None:
+        """Let llama-cpp-python reuse only whole PREFILL_BLOCK blocks of the prompt the model holds.
+
+        llama-cpp-python reuses the longest common prefix of the previous and the new prompt, and
+        evaluates the rest from there. The rest then falls into other batches than in a fresh
+        evaluation, and llama.cpp's CPU kernels round differently per batch shape: the same request
+        gave another greedy answer depending on the request before it. Cut back to a block boundary,
+        every token is evaluated in the same block as in a fresh evaluation, so answers do not depend
+        on history, and prompts that share a long prefix (few-shot examples) still skip most of it.
+        """
+        held = self._llm.n_tokens
+        common = 0
+        for a, b in zip(self._llm.input_ids[:held], ids, strict=False):
+            if a != b:
+                break
+            common += 1
+        # At least one token is left to evaluate, so the logits come from this evaluation.
+        self._llm.n_tokens = min(common, len(ids) - 1) // PREFILL_BLOCK * PREFILL_BLOCK
+
     def _sampling(self, request: LLMRequest, stops: tuple[str, ...]) -> dict[str, Any]:
         params = request.params
         # Plain temperature + nucleus sampling, as an OpenAI server does: llama.cpp's extra defaults
@@ -251,6 +275,7 @@ class LlamaCppBackend:
         try:
             for j in range(params.n):
                 seed = derive_seed(base_seed, request.sample_index, j)
+                self._reuse_whole_blocks(ids)
                 out: Any = self._llm.create_completion(ids, seed=seed, **self._sampling(request, stops))
                 choice = out["choices"][0]
                 choices.append(Choice(text=choice["text"], finish_reason=choice.get("finish_reason")))
