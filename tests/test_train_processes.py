@@ -81,7 +81,7 @@ def _assert_same_curve(one: Path, many: Path) -> None:
         assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-3), (x, y)
 
 
-def _assert_same_model(one: Path, many: Path) -> None:
+def _assert_same_model(one: Path, many: Path, rtol: float = 1e-4) -> None:
     """Same tensors (a tied head saved once in both), close weights, and transformers loads both to the
     same logits."""
     from transformers import AutoModelForCausalLM
@@ -90,11 +90,11 @@ def _assert_same_model(one: Path, many: Path) -> None:
     assert sorted(a) == sorted(b)
     for name in a:
         assert b[name].dtype == a[name].dtype, name
-        torch.testing.assert_close(b[name].float(), a[name].float(), rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(b[name].float(), a[name].float(), rtol=rtol, atol=1e-5, msg=name)
     ids = torch.tensor([[1, 5, 9, 30, 7, 8, 44]])
     with torch.no_grad():
         logits = [AutoModelForCausalLM.from_pretrained(d)(input_ids=ids).logits.float() for d in (one, many)]
-    torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits[1], logits[0], rtol=rtol, atol=1e-4)
 
 
 def _parallelism(out: Path, phase: str) -> set[str]:
@@ -251,4 +251,6 @@ def test_fsdp_lora_bf16_matches_one_process(tmp_path: Path) -> None:
     single = tmp_path / "single"
     _single(model, p1, p2, single, tmp_path / "cache", bf16="on", lora=True)
     _assert_same_curve(single, multi)
-    _assert_same_model(single / "final", multi / "final")
+    # The adapters are merged into bf16 base weights: a last-bit difference in an adapter (summation
+    # order) can move a merged element by one bf16 step, 2^-8 relative (seen on AVX512-BF16 CPUs).
+    _assert_same_model(single / "final", multi / "final", rtol=2**-7)
