@@ -82,6 +82,10 @@ class ScriptedTeacher(Backend):
                 f"[Question]\nWho built the {words(key + 'q2', 6)}?\n"
                 f"[Answer]\nThe {words(key + 'a2', 4)}.\n[End]"
             )
+        if "[Fact]" in text and text.endswith("[Question]"):
+            # A question about the fact: its first words (so it overlaps) and a random tail.
+            fact = text[text.rindex("[Fact]") + len("[Fact]") : text.rindex("[Question]")].split()
+            return f"What is known about {' '.join(fact[:4])} and the {words(key, 3)}?\n"
         if text.endswith("[Question]"):
             return f"Please describe the {words(key, 8)}?\n[End]"
         if text.endswith("[Answer]"):

@@ -67,11 +67,10 @@ def test_counts_shapes_and_mixes(tmp_path: Path) -> None:
     stats = json.loads((tmp_path / "stats.json").read_text())
     kinds = {leaf.leaf.name: leaf.leaf.kind for leaf in result.leaves}
     for leaf in stats["leaves"]:
-        choices = {
-            b.name: b.n
-            for b in builtin_pipeline(kinds[leaf["leaf"]]).config.blocks
-            if isinstance(b, LLMBlockConfig)
-        }
+        pipelines = [builtin_pipeline(kinds[leaf["leaf"]])]
+        if kinds[leaf["leaf"]] == "knowledge":
+            pipelines.append(builtin_pipeline("knowledge_facts"))
+        choices = {b.name: b.n for p in pipelines for b in p.config.blocks if isinstance(b, LLMBlockConfig)}
         for stage in leaf["stages"]:
             if stage["block"] in ("contexts", "parse_qa"):  # these make several rows from one
                 continue
@@ -134,8 +133,9 @@ def test_a_leaf_whose_samples_all_fail_is_reported_not_fatal(tmp_path: Path) -> 
     keep = next(s for s in skill["stages"] if s["block"] == "keep_good_questions")
     assert keep["out"] == 0 and keep["dropped"] == {"question_score=0": keep["in"]}
     assert skill["rounds"] == 4  # it kept trying up to max_rounds
-    # No teacher sample anywhere: only the knowledge document's own chunks are trained on (and replayed).
-    assert {r["metadata"]["variant"] for r in read(tmp_path / "phase1.jsonl")} == {"document"}
+    # No judged teacher sample anywhere: only the knowledge document's own text is trained on (and
+    # replayed), as chunks and as the answers of fact questions (which no judge filters).
+    assert {r["metadata"]["variant"] for r in read(tmp_path / "phase1.jsonl")} == {"document", "fact"}
     assert all(r["metadata"].get("replay") for r in read(tmp_path / "phase2.jsonl"))
 
 
@@ -193,3 +193,13 @@ def test_a_round_starts_only_the_chunks_it_needs(tmp_path: Path) -> None:
     )
     stats = {s.leaf: s.as_dict() for s in failing.stats}
     assert stats["compositional_skills/writing/formal_business_rewrite"]["stages"][0]["in"] == 4 * 80
+
+
+def test_oversample_setting_sizes_the_rounds(tmp_path: Path) -> None:
+    rows_in = {}
+    for oversample in (None, 1.0):
+        result = run(tmp_path / str(oversample), ScriptedTeacher(), samples_per_leaf=9, oversample=oversample)
+        freeform = next(leaf for leaf in result.leaves if leaf.leaf.kind == "freeform_skill")
+        assert len(freeform.train) == 9  # honoured either way
+        rows_in[oversample] = freeform.stats.stages["gen_question"].rows_in
+    assert rows_in == {None: 20, 1.0: 10}  # 9 + 1 held out, times the pipeline's 2.0 or 1.0

@@ -14,6 +14,7 @@ from labalign.sdg.dedup import DedupMethod, near_duplicate_index
 from labalign.sdg.prompts import PromptLibrary
 from labalign.sdg.rows import ROW_ID, Row, child_id, stable_int
 from labalign.sdg.stats import LeafStats
+from labalign.textmetrics import rouge_l, token_f1, tokens
 
 
 class _Block(BaseModel):
@@ -67,6 +68,16 @@ class DedupBlockConfig(_Block):
     )
 
 
+class SimilarityBlockConfig(_Block):
+    type: Literal["similarity"]
+    a: str = Field(description="Column compared...")
+    b: str = Field(description="...with this one.")
+    metric: Literal["rouge_l", "token_f1"] = "rouge_l"
+    min: float = Field(0.0, ge=0.0, le=1.0, description="Drop rows scoring below this (unrelated).")
+    max: float = Field(1.0, ge=0.0, le=1.0, description="Drop rows scoring above this (copied).")
+    output: str | None = Field(None, description="Column that receives the score (unset: none).")
+
+
 class MeltBlockConfig(_Block):
     type: Literal["melt"]
     columns: list[str] = Field(min_length=1, description="Each of these columns becomes its own row...")
@@ -75,7 +86,12 @@ class MeltBlockConfig(_Block):
 
 
 BlockConfig = Annotated[
-    LLMBlockConfig | ParseBlockConfig | FilterBlockConfig | DedupBlockConfig | MeltBlockConfig,
+    LLMBlockConfig
+    | ParseBlockConfig
+    | FilterBlockConfig
+    | SimilarityBlockConfig
+    | DedupBlockConfig
+    | MeltBlockConfig,
     Field(discriminator="type"),
 ]
 
@@ -105,6 +121,8 @@ async def run_block(config: BlockConfig, rows: list[Row], ctx: BlockContext) -> 
         out = _parse(config, rows, ctx)
     elif isinstance(config, FilterBlockConfig):
         out = _filter(config, rows, ctx)
+    elif isinstance(config, SimilarityBlockConfig):
+        out = _similarity(config, rows, ctx)
     elif isinstance(config, DedupBlockConfig):
         out = _dedup(config, rows, ctx)
     else:
@@ -227,6 +245,21 @@ def _filter(config: FilterBlockConfig, rows: list[Row], ctx: BlockContext) -> li
             out.append(row)
         else:
             stage.dropped[f"{config.column}={value}"] += 1
+    return out
+
+
+def _similarity(config: SimilarityBlockConfig, rows: list[Row], ctx: BlockContext) -> list[Row]:
+    stage = ctx.stats.stage(config.name)
+    out: list[Row] = []
+    for row in rows:
+        a, b = str(row.get(config.a, "")), str(row.get(config.b, ""))
+        score = rouge_l(tokens(a), tokens(b)) if config.metric == "rouge_l" else token_f1(a, b)
+        if score < config.min:
+            stage.dropped[f"{config.metric}<{config.min:g}"] += 1
+        elif score > config.max:
+            stage.dropped[f"{config.metric}>{config.max:g}"] += 1
+        else:
+            out.append({**row, config.output: round(score, 4)} if config.output else row)
     return out
 
 

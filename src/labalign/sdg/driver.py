@@ -108,6 +108,9 @@ def options_from_settings(
         context_variants=s.sdg.context_variants,
         document_records=s.sdg.document_records,
         seed_records=s.sdg.seed_records,
+        fact_questions=s.sdg.fact_questions,
+        knowledge_qa=s.sdg.knowledge_qa,
+        oversample=s.sdg.oversample,
         dedup=s.sdg.dedup,
         chat=chat,
         pipelines=dict(pipelines or {}),
@@ -160,7 +163,9 @@ def funnel_table(stats: dict[str, Any]) -> Table:
             Text(leaf["leaf"], style="bold"),
             "",
             str(leaf["kept"]),
-            f"kept for training, {leaf['heldout']} held out, {leaf['rounds']} rounds, "
+            "kept for training"
+            + (f" ({leaf['facts']} fact questions)" if leaf.get("facts") else "")
+            + f", {leaf['heldout']} held out, {leaf['rounds']} rounds, "
             f"{leaf['teacher_calls']} teacher calls",
         )
         for stage in leaf["stages"]:

@@ -12,13 +12,13 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from labalign.documents import Chunk
 from labalign.llm.types import Backend
-from labalign.sdg import mix
+from labalign.sdg import facts, mix
 from labalign.sdg.blocks import BlockContext, LLMBlockConfig, run_block
 from labalign.sdg.dedup import DedupMethod, NearDuplicates, near_duplicate_index
 from labalign.sdg.pipeline import Pipeline, PipelineConfig, PipelineKind, builtin_pipeline
@@ -46,6 +46,9 @@ class GenerateOptions:
     context_variants: bool = True
     document_records: bool = True
     seed_records: bool = False
+    fact_questions: bool = True  # knowledge leaves: a teacher question for every document sentence
+    knowledge_qa: bool = True  # knowledge leaves: LAB's Q&A pipeline (summaries -> Q&A -> judges)
+    oversample: float | None = None  # input rows per wanted sample; None: each pipeline's own
     dedup: DedupMethod = "auto"  # near-duplicate removal (sdg.dedup)
     chat: bool | None = None  # None: chat for OpenAI-compatible teachers, raw completion otherwise
     pipelines: dict[PipelineKind, Pipeline] = field(default_factory=dict)
@@ -64,6 +67,7 @@ class LeafOutput:
     stats: LeafStats
     train: list[Row]
     heldout: list[Row]
+    facts: list[Row] = field(default_factory=list)  # fact questions (knowledge leaves)
 
 
 @dataclass
@@ -84,6 +88,10 @@ def heldout_count(samples: int, fraction: float) -> int:
 
 def _pipeline_for(leaf: Leaf, options: GenerateOptions) -> Pipeline:
     return options.pipelines.get(leaf.kind) or builtin_pipeline(leaf.kind)
+
+
+def _facts_pipeline(options: GenerateOptions) -> Pipeline:
+    return options.pipelines.get("knowledge_facts") or builtin_pipeline("knowledge_facts")
 
 
 async def _run_chunk(rows: list[Row], config: PipelineConfig, ctx: BlockContext) -> list[Row]:
@@ -152,6 +160,8 @@ async def _run_leaf(
     leaf = job.leaf
     pipeline = _pipeline_for(leaf, options)
     config = pipeline.config
+    if options.oversample is not None:
+        config = config.model_copy(update={"oversample": options.oversample})
     stats = LeafStats(leaf.name)
     chat = options.chat if options.chat is not None else teacher.identity.startswith("openai:")
     texts = seed_texts(leaf)
@@ -178,7 +188,8 @@ async def _run_leaf(
     kept: list[Row] = []
     if leaf.kind == "knowledge" and not job.chunks:
         stats.stage("documents").dropped["no_document_chunks"] += 1
-    for round_no in range(config.max_rounds):
+    rounds = config.max_rounds if leaf.kind != "knowledge" or options.knowledge_qa else 0
+    for round_no in range(rounds):
         missing = wanted - len(kept)
         if missing <= 0:
             break
@@ -190,12 +201,63 @@ async def _run_leaf(
         stats.rounds = round_no + 1
         await _run_round(rows, config, ctx, kept, across_rounds, wanted, on_event)
     kept = kept[:wanted]
+    fact_rows: list[Row] = []
+    if leaf.kind == "knowledge" and options.fact_questions and job.chunks:
+        fact_rows = await _fact_questions(job, options, ctx, texts["question"], on_event)
+        stats.facts = len(fact_rows)
     # Training gets its full share first; the held-out split takes what is left beyond it.
     n_train = min(len(kept), options.samples_per_leaf)
-    stats.kept, stats.heldout = n_train, len(kept) - n_train
+    stats.kept, stats.heldout = n_train + len(fact_rows), len(kept) - n_train
     if on_event is not None:
         on_event(leaf.name, "done", len(kept), wanted)
-    return LeafOutput(leaf, stats, kept[:n_train], kept[n_train:])
+    return LeafOutput(leaf, stats, kept[:n_train], kept[n_train:], fact_rows)
+
+
+async def _fact_questions(
+    job: LeafInput,
+    options: GenerateOptions,
+    ctx: BlockContext,
+    seed_questions: Sequence[str],
+    on_event: EventCallback | None,
+) -> list[Row]:
+    """A question for every sentence of the leaf's chunks (labalign.sdg.facts), all chunks of rows
+    at once (coverage, not a sample count, is the goal), near-duplicates dropped across chunks."""
+    pipeline = _facts_pipeline(options)
+    rows = facts.fact_rows(
+        job.leaf, job.chunks, seed=options.seed, examples_per_prompt=pipeline.config.examples_per_prompt
+    )
+    fctx = replace(ctx, prompts=pipeline.prompts)
+    done = 0
+
+    async def run(chunk: list[Row]) -> list[Row]:
+        nonlocal done
+        out = await _run_chunk(chunk, pipeline.config, fctx)
+        done += len(chunk)
+        if on_event is not None:
+            on_event(job.leaf.name, "fact questions", done, len(rows))
+        return out
+
+    chunks = [rows[i : i + CHUNK_ROWS] for i in range(0, len(rows), CHUNK_ROWS)]
+    results = await asyncio.gather(*(run(c) for c in chunks))
+    index = near_duplicate_index(
+        0.7,
+        options.dedup,
+        expected_texts=len(seed_questions) + len(rows),
+        seed=stable_int(f"{options.seed}/{job.leaf.name}/facts_across_chunks", bits=32),
+    )
+    for text in seed_questions:
+        index.add(text)
+    stage = ctx.stats.stage("dedup_facts_across_chunks")
+    kept: list[Row] = []
+    for row in (r for result in results for r in result):
+        stage.rows_in += 1
+        if index.find(str(row["question"])) is not None:
+            stage.dropped["near_duplicate"] += 1
+            continue
+        index.add(str(row["question"]))
+        kept.append(row)
+        stage.rows_out += 1
+    return kept
 
 
 def _prompt_hash(pipeline: Pipeline) -> str:
@@ -276,6 +338,10 @@ async def generate(
             leaf_records += mix.augmentation_records(output.train, base, options.system_prompt)
             if options.document_records:
                 leaf_records += mix.document_records(job.chunks, base, options.system_prompt)
+            facts_pipeline = _facts_pipeline(options)
+            for row in output.facts:
+                meta = _provenance(row, job, facts_pipeline, teacher, judge)
+                leaf_records.append(mix.fact_record(row, meta, options.system_prompt))
             phase1 += leaf_records
         else:
             skills += leaf_records

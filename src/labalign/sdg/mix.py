@@ -56,6 +56,12 @@ def sample_records(
     return out
 
 
+def fact_record(row: Row, provenance: dict[str, Any], system_prompt: str) -> Record:
+    """A fact question with its document sentence as the answer (labalign.sdg.facts)."""
+    meta = {**provenance, "variant": "fact"}
+    return record(_turn(str(row["question"]), str(row["answer"])), meta, system_prompt)
+
+
 def augmentation_records(rows: Iterable[Row], leaf_meta: dict[str, Any], system_prompt: str) -> list[Record]:
     """Document-grounded augmentations (summaries, key sentences, facts) once per chunk: they show
     the student the document's content in several wordings, which LAB's knowledge phase relies on."""

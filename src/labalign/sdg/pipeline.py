@@ -9,15 +9,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from labalign import yamlsafe
 from labalign.errors import LabalignError
-from labalign.sdg.blocks import BlockConfig, LLMBlockConfig, MeltBlockConfig, ParseBlockConfig
+from labalign.sdg.blocks import (
+    BlockConfig,
+    LLMBlockConfig,
+    MeltBlockConfig,
+    ParseBlockConfig,
+    SimilarityBlockConfig,
+)
 from labalign.sdg.prompts import PromptLibrary
 
 PACKAGE_PIPELINES = Path(__file__).parent / "pipelines"
-PipelineKind = Literal["freeform_skill", "grounded_skill", "knowledge"]
+# knowledge_facts: the question-per-sentence pipeline of knowledge leaves (labalign.sdg.facts); its
+# rows come with the answer (the sentence), so it only has to produce the question.
+PipelineKind = Literal["freeform_skill", "grounded_skill", "knowledge", "knowledge_facts"]
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "freeform_skill": ("question", "answer"),
     "grounded_skill": ("context", "question", "answer"),
     "knowledge": ("context", "question", "answer"),
+    "knowledge_facts": ("question",),
 }
 
 
@@ -43,6 +52,8 @@ class PipelineConfig(BaseModel):
                 made.add(block.output)
             if isinstance(block, ParseBlockConfig):
                 made.update(_groups(block.pattern))
+            if isinstance(block, SimilarityBlockConfig) and block.output:
+                made.add(block.output)
         missing = [c for c in REQUIRED_COLUMNS[self.kind] if c not in made and c != "context"]
         if missing:
             raise ValueError(f"no block produces the column(s) {', '.join(missing)}")

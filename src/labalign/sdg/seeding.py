@@ -15,7 +15,7 @@ from labalign.taxonomy import Leaf
 
 # Kept samples one input row yields on average (after filters): a skill row makes one question,
 # a knowledge chunk row makes several Q&A pairs over its augmented contexts.
-EXPECTED_PER_ROW = {"freeform_skill": 1.0, "grounded_skill": 1.0, "knowledge": 4.0}
+EXPECTED_PER_ROW = {"freeform_skill": 1.0, "grounded_skill": 1.0, "knowledge": 4.0, "knowledge_facts": 1.0}
 
 
 def _example(leaf: Leaf, index: int) -> dict[str, Any]:

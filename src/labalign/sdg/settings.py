@@ -35,6 +35,24 @@ class SDGSettings(BaseModel):
         description="Also train on every document chunk itself (as the answer about its section), not "
         "only on the teacher's questions about some chunks.",
     )
+    fact_questions: bool = Field(
+        True,
+        description="Knowledge leaves: the teacher also writes a question for every sentence of the "
+        "documents, answered by that sentence (faithful by construction; covers the whole document).",
+    )
+    knowledge_qa: bool = Field(
+        True,
+        description="Knowledge leaves: run LAB's Q&A pipeline (summaries, Q&A pairs, three judges). "
+        "Off: knowledge data is the fact questions, documents and seeds only (the quick profile: a 270M "
+        "teacher spent a third of the generation time there for 4 kept samples).",
+    )
+    oversample: float | None = Field(
+        None,
+        ge=1.0,
+        le=20.0,
+        description="Input rows per still-missing sample in each round (filters drop some; another round "
+        "makes up what is still missing); unset: each pipeline's own (2.0 in the shipped ones).",
+    )
     seed_records: bool = Field(
         False,
         description="Also train on each leaf's hand-written seed examples (then do not evaluate on the "

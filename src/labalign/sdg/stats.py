@@ -34,6 +34,7 @@ class LeafStats:
     kept: int = 0
     heldout: int = 0
     rounds: int = 0
+    facts: int = 0  # of `kept`: fact questions (knowledge leaves)
 
     def stage(self, block: str) -> StageCount:
         if block not in self.stages:
@@ -48,5 +49,6 @@ class LeafStats:
             "teacher_tokens": self.teacher_tokens,
             "kept": self.kept,
             "heldout": self.heldout,
+            "facts": self.facts,
             "stages": [s.as_dict() for s in self.stages.values()],
         }
