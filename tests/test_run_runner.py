@@ -217,7 +217,7 @@ def test_profiles_sit_below_flags() -> None:
     profile = get_profile("quick")
     s = load_settings(overrides={"sdg.samples_per_leaf": 3}, defaults=profile.settings)
     assert s.sdg.samples_per_leaf == 3
-    assert s.train.epochs == profile.settings["train.epochs"]
+    assert s.train.phase1_epochs == profile.settings["train.phase1_epochs"]
     with pytest.raises(LabalignError, match="unknown profile"):
         get_profile("huge")
 
