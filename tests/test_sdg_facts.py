@@ -36,6 +36,9 @@ west to the harbour." J. Pellow went there at once.
 
 - The first list item has enough words in it.
 - Tiny.
+- 1911 — the Great Fall at the Deepcut pit kills
+  twenty-three workers on a summer afternoon.
+- "tarn" — a small upland lake, common on the northern moors.
 
 ```
 Code is not prose. It is left out entirely here.

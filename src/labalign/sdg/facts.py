@@ -35,6 +35,7 @@ def paragraphs(text: str) -> list[str]:
     out: list[str] = []
     current: list[str] = []
     in_fence = False
+    skipping = False  # inside a list item that is left out (its continuation lines go too)
 
     def flush() -> None:
         if current:
@@ -49,10 +50,17 @@ def paragraphs(text: str) -> list[str]:
         stripped = line.strip()
         if in_fence or not stripped or _HEADING.match(line) or stripped.startswith("|"):
             flush()
+            skipping = False
             continue
         if _LIST_MARK.match(line):
             flush()
             stripped = _LIST_MARK.sub("", line).strip()
+            # Timeline and glossary entries ("1911 — the Great Fall ...", '"tarn" — a small lake')
+            # are left out: the student copied their terse form into its answers (6 of 12 held-out
+            # answers in one quick run). A list item that reads as a sentence is kept.
+            skipping = not stripped[:1].isupper()
+        if skipping:
+            continue
         current.append(stripped)
     flush()
     return out
