@@ -8,6 +8,7 @@ command writes byte-identical files without repeating a teacher call.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -260,6 +261,7 @@ async def _fact_questions(
     return kept
 
 
+@functools.lru_cache(maxsize=32)  # per pipeline object: provenance asks once per record (hundreds)
 def _prompt_hash(pipeline: Pipeline) -> str:
     h = hashlib.sha256(pipeline.path.read_bytes())
     for block in pipeline.config.blocks:
