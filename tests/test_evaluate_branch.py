@@ -60,7 +60,7 @@ def test_gather_sources_and_errors(tmp_path: Path) -> None:
     heldout = default_heldout_dir(EXAMPLES)
     assert heldout is not None
     qs = gather(leaves, heldout_dir=heldout, include_seeds=False)
-    assert {q.source for q in qs} == {"heldout"} and len(qs) == 36
+    assert {q.source for q in qs} == {"heldout"} and len(qs) == 124
     grounded = next(q for q in qs if q.kind == "grounded_skill")
     assert grounded.context and grounded.prompt().startswith(grounded.context.strip()[:20])
     with_seeds = gather(leaves, heldout_dir=heldout)
