@@ -18,6 +18,7 @@ pytest.importorskip("transformers", reason="needs torch and transformers (the hf
 from labalign.errors import LabalignError
 from labalign.llm.chat_template import DEFAULT_CHAT_TEMPLATE, DEFAULT_STOP
 from labalign.llm.hf import TransformersBackend, model_dir_identity, pick_dtype
+from labalign.llm.local_queue import truncate_at_stop
 from labalign.llm.types import (
     Backend,
     GenerationParams,
@@ -255,7 +256,12 @@ def test_default_chat_template_and_stop_for_a_model_without_one(tmp_path: Path) 
 def test_a_model_saved_with_the_default_template_gets_its_stop(backend: TransformersBackend) -> None:
     # tiny_llama_dir saves DEFAULT_CHAT_TEMPLATE, as a converted or trained model does.
     chat = LLMRequest(messages=(Message("user", "hi"),), params=GREEDY)
-    assert set(DEFAULT_STOP) <= set(backend._prepare(chat).rows[0].stops)
+    stops = backend._prepare(chat).rows[0].stops
+    assert set(DEFAULT_STOP) <= set(stops)
+    # A base model writes the next role header instead of <|end|>: the answer ends there too.
+    assert truncate_at_stop("Saltmere.\n<|user|>\nAnd?", stops) == ("Saltmere.\n", True)
+    assert truncate_at_stop("<|assistant|>\n<|assistant|>\n", stops) == ("", True)
+    assert truncate_at_stop("Saltmere, by the bay.", stops) == ("Saltmere, by the bay.", False)
 
 
 def test_identity_is_stable_and_follows_the_files(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from email.utils import format_datetime
 import pytest
 
 from labalign.errors import LabalignError
+from labalign.llm.chat_template import DEFAULT_STOP
 from labalign.llm.openai_backend import OpenAIBackend, normalize_base_url, render_default_chat
 from labalign.llm.retry import backoff_delay, is_context_length_message, parse_retry_after, retry_wait
 from labalign.llm.settings import LLMSettings
@@ -285,7 +286,7 @@ def test_choices_endpoints_and_parameters() -> None:
     assert "messages" in body and "prompt" in server.bodies["raw"] and "seed" not in server.bodies["raw"]
     assert raw.ok and raw.text == answer_text(server.bodies["raw"], 0)
     prompt = "<|user|>\ntemplated<|end|>\n<|assistant|>\n"
-    assert via_template.ok and server.bodies[prompt]["stop"] == ["STOP", "<|end|>"]
+    assert via_template.ok and server.bodies[prompt]["stop"] == ["STOP", *DEFAULT_STOP]
     assert templated.identity.endswith(":m:default-template") and backend.identity.endswith(":m")
 
 
