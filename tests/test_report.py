@@ -204,6 +204,17 @@ def test_sample_text_is_escaped(run_copy: Path) -> None:
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
 
 
+def test_samples_show_generated_records_before_seeds(run_copy: Path) -> None:
+    path = run_copy / "data" / "leaves" / LEAVES[1] / "samples.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    seed = {**records[0], "id": "seed-record-0", "metadata": {**records[0]["metadata"], "source": "seed"}}
+    path.write_text("".join(json.dumps(r) + "\n" for r in [seed, *records]))
+    html = render_report(run_copy).read_text()
+    assert records[0]["id"] in html and "seed-record-0" not in html
+    path.write_text(json.dumps(seed) + "\n")  # only seeds: they are shown
+    assert "seed-record-0" in render_report(run_copy).read_text()
+
+
 def test_partial_run_after_validation(tmp_path: Path) -> None:
     run_dir = tmp_path / "fresh"
     run_dir.mkdir()

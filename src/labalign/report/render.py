@@ -28,6 +28,7 @@ from labalign.run.manifest import STAGES, Manifest, load_manifest
 
 REPORT_FILE = "report.html"
 SAMPLES_PER_LEAF = 3
+SAMPLE_SCAN = 200  # records read per leaf to find generated ones ahead of the seed records
 MAX_MESSAGE_CHARS = 3000  # a sample's message beyond this is cut, saying how much is left out
 MAX_METADATA_CHARS = 4000
 CHART_LEAVES = 60  # the funnel chart shows the leaves with the fewest kept samples beyond this many
@@ -437,13 +438,25 @@ def _samples(data_dir: Path, names: list[str]) -> list[dict[str, Any]]:
             continue  # not generated (yet): the section's stage status says so
         entry: dict[str, Any] = {"leaf": name, "records": [], "note": None}
         try:
-            entry["records"] = [_sample(r) for r in _head_jsonl(path, SAMPLES_PER_LEAF)]
+            entry["records"] = [_sample(r) for r in _pick_samples(path, SAMPLES_PER_LEAF)]
         except READ_ERRORS as exc:
             entry["note"] = f"could not read samples: {exc}"
         if not entry["records"] and entry["note"] is None:
             entry["note"] = "no samples were kept for this leaf"
         out.append(entry)
     return out
+
+
+def _pick_samples(path: Path, n: int) -> list[dict[str, Any]]:
+    """Up to `n` records, generated ones first: a leaf that also trains on its seed examples lists them
+    first, and those are the user's own words, not what the teacher wrote."""
+    head = _head_jsonl(path, SAMPLE_SCAN)
+
+    def is_seed(record: dict[str, Any]) -> bool:
+        metadata = record.get("metadata")
+        return isinstance(metadata, dict) and metadata.get("source") == "seed"
+
+    return ([r for r in head if not is_seed(r)] + [r for r in head if is_seed(r)])[:n]
 
 
 def _sample(record: dict[str, Any]) -> dict[str, Any]:
