@@ -456,7 +456,7 @@ def _pick_samples(path: Path, n: int) -> list[dict[str, Any]]:
         metadata = record.get("metadata")
         return isinstance(metadata, dict) and metadata.get("source") == "seed"
 
-    return ([r for r in head if not is_seed(r)] + [r for r in head if is_seed(r)])[:n]
+    return sorted(head, key=is_seed)[:n]  # stable: file order within each group
 
 
 def _sample(record: dict[str, Any]) -> dict[str, Any]:
