@@ -139,8 +139,8 @@ def test_bf16_autocast_stays_close_to_fp32() -> None:
 
 
 def test_chunk_size_keeps_logits_near_64_mb() -> None:
-    assert default_chunk_tokens(262_144) == 64
-    assert default_chunk_tokens(32_000) == 512  # whole buckets of 64 rows
+    assert default_chunk_tokens(262_144) == 256
+    assert default_chunk_tokens(32_000) == 2048  # whole buckets of 64 rows
     assert default_chunk_tokens(400) == 8192
 
 

@@ -17,7 +17,10 @@ from torch import nn
 from labalign.train.packing import IGNORE
 
 ROW_BUCKET = 64
-LOGITS_BYTES_PER_CHUNK = 64 * 2**20  # small enough to be noise next to the model, big enough for fast matmuls
+# Each chunk streams the whole head through the matmuls twice, so bigger chunks are faster until the
+# logits stop fitting in memory: for Gemma 3 270M on 2 AVX2 cores the head's forward and backward over
+# 550 targets took 6.6 s in chunks of 64 tokens (64 MB) and 4.4-4.9 s in chunks of 256 to 1024.
+LOGITS_BYTES_PER_CHUNK = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ def head_spec(model: nn.Module) -> HeadSpec:
 
 
 def default_chunk_tokens(vocab_size: int) -> int:
-    """About LOGITS_BYTES_PER_CHUNK of fp32 logits per chunk (64 tokens for a 262k vocabulary)."""
+    """About LOGITS_BYTES_PER_CHUNK of fp32 logits per chunk (256 tokens for a 262k vocabulary)."""
     tokens = LOGITS_BYTES_PER_CHUNK // (4 * max(vocab_size, 1))
     return max(ROW_BUCKET, min(8192, tokens // ROW_BUCKET * ROW_BUCKET))
 

@@ -60,7 +60,7 @@ class TrainSettings(BaseModel):
     loss_chunk_tokens: int | None = Field(
         None,
         ge=1,
-        description="Tokens per cross-entropy chunk; unset: about 64 MB of fp32 logits per chunk.",
+        description="Tokens per cross-entropy chunk; unset: about 256 MB of fp32 logits per chunk.",
     )
     holdout_fraction: float = Field(
         0.05,
