@@ -77,6 +77,28 @@ def test_unmask_trains_user_turns_but_never_the_system_prompt() -> None:
     assert "brief" not in text
 
 
+def test_pretraining_records_train_every_token_as_plain_text(tmp_path: Path) -> None:
+    tokenizer = tiny_tokenizer(DEFAULT_CHAT_TEMPLATE)
+    path = tmp_path / "text.jsonl"
+    path.write_text(
+        '{"messages": [{"role": "pretraining", "content": "the north river runs"}]}\n'
+        + json.dumps(make_records(1)[0])
+        + "\n"
+    )
+    samples = read_samples(path)
+    assert [s.is_pretraining for s in samples] == [True, False]
+    data = tokenize_samples(samples, tokenizer, max_seq_len=4096, long_samples="drop")
+    ids, mask = data.sample(0)
+    expected = [
+        *tokenizer("the north river runs", add_special_tokens=True)["input_ids"],
+        tokenizer.eos_token_id,
+    ]
+    assert ids.tolist() == expected and mask.all()  # no chat template, no masked token
+    assert tokenizer.decode(ids) == tokenizer.decode(expected)
+    _, chat_mask = data.sample(1)
+    assert not chat_mask.all()  # the chat record beside it keeps its prompt masked
+
+
 def test_template_without_generation_markers() -> None:
     tokenizer = tiny_tokenizer(GEMMA_LIKE)
     text = _trained_text(tokenizer, _sample(CHAT))
@@ -163,6 +185,17 @@ def test_cache_hit_and_invalidation(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             "unmask",
         ),
         ('{"messages": []}\n', 1, "non-empty list"),
+        ('{"messages": [{"role": "pretraining", "content": "  "}]}\n', 1, "one message with non-empty text"),
+        (
+            '{"messages": [{"role": "pretraining", "content": "a"}, {"role": "user", "content": "b"}]}\n',
+            1,
+            "one message with non-empty text",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "q"}, {"role": "pretraining", "content": "t"}]}\n',
+            1,
+            "lone",
+        ),
     ],
 )
 def test_bad_records_name_file_and_line(tmp_path: Path, content: str, line: int, needle: str) -> None:

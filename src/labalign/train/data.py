@@ -1,4 +1,8 @@
-"""Read and validate messages JSONL: `{id, messages: [{role, content}], metadata, unmask}` per line."""
+"""Read and validate messages JSONL: `{id, messages: [{role, content}], metadata, unmask}` per line.
+
+A record whose only message has the role `pretraining` (InstructLab training's name for it) is plain
+text trained on every token: raw documents, or the student's own rehearsal text (labalign.train.rehearsal).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from labalign.errors import LabalignError
 from labalign.jsonl import iter_jsonl
 
 ROLES = ("system", "user", "assistant")
+PRETRAINING = "pretraining"
 _SHAPE_HINT = 'each line must be {"messages": [{"role": ..., "content": ...}, ...]}'
 
 
@@ -30,6 +35,10 @@ class Sample:
         """Content hash: the same conversation replayed in another file gets the same key."""
         text = json.dumps([list(m) for m in self.messages], ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def is_pretraining(self) -> bool:
+        return self.messages[0][0] == PRETRAINING
 
     def as_chat(self) -> list[dict[str, str]]:
         return [{"role": role, "content": content} for role, content in self.messages]
@@ -55,18 +64,29 @@ def _sample(record: Any, path: Path, line: int) -> Sample:
     if not isinstance(messages, list) or not messages:
         raise bad("'messages' must be a non-empty list")
     parsed: list[tuple[str, str]] = []
-    for i, message in enumerate(messages):
+    if isinstance(messages[0], dict) and messages[0].get("role") == PRETRAINING:
+        content = messages[0].get("content")
+        if len(messages) != 1 or not isinstance(content, str) or not content.strip():
+            raise bad(
+                "a pretraining record is one message with non-empty text",
+                hint='write {"messages": [{"role": "pretraining", "content": "..."}]}',
+            )
+        parsed.append((PRETRAINING, content))
+    for i, message in enumerate(messages if not parsed else []):
         if not isinstance(message, dict):
             raise bad(f"messages[{i}] must be an object with 'role' and 'content'")
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            raise bad(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}")
+            raise bad(
+                f"messages[{i}].role must be one of {', '.join(ROLES)} (or a lone {PRETRAINING} message), "
+                f"got {role!r}"
+            )
         if not isinstance(content, str):
             raise bad(f"messages[{i}].content must be a string")
         if role == "system" and i != 0:
             raise bad(f"messages[{i}]: a system message may only come first")
         parsed.append((role, content))
-    if not any(role == "assistant" and content.strip() for role, content in parsed):
+    if not any(role in ("assistant", PRETRAINING) and content.strip() for role, content in parsed):
         raise bad(
             "no assistant turn with content: nothing to learn from this sample",
             hint="add an assistant message or remove the line",

@@ -4,7 +4,8 @@ Which tokens carry the loss is decided on the rendered text: each trained turn (
 `unmask` is set; never system) is a character span, from the end of its role header to the end of its
 end-of-turn marker, found by rendering the conversation one turn at a time. That works with any
 incremental template (labalign's default, Gemma's, Llama's, ChatML) without `{% generation %}` markers;
-a template that re-renders earlier turns falls back to those markers.
+a template that re-renders earlier turns falls back to those markers. A pretraining record (plain text)
+is trained on every token.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from labalign.errors import LabalignError
 from labalign.train.data import Sample, file_digest, read_samples
 from labalign.train.settings import LongSamples
 
-CACHE_VERSION = "1"  # bump when the tokenized format or the masking rules change
+CACHE_VERSION = "2"  # bump when the tokenized format or the masking rules change
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
@@ -146,6 +147,15 @@ def _mask_from_offsets(offsets: npt.NDArray[np.int64], spans: list[tuple[int, in
     return mask
 
 
+def _pretraining_tokens(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
+    """Plain text as the model read it in pre-training (BOS, text, EOS), every token trained. The
+    forgetting check scores general text the same way (labalign.evaluate.forgetting)."""
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    return ids, [1] * len(ids)
+
+
 def _generation_mask(tokenizer: Any, sample: Sample) -> tuple[list[int], list[int]]:
     out = tokenizer.apply_chat_template(
         sample.as_chat(), tokenize=True, return_dict=True, return_assistant_tokens_mask=True
@@ -164,9 +174,14 @@ def tokenize_samples(
         )
     texts: list[str] = []
     spans: list[list[tuple[int, int]]] = []
-    fallback: dict[int, tuple[list[int], list[int]]] = {}
+    direct: dict[int, tuple[list[int], list[int]]] = {}  # ids and mask made without spans
     template = str(getattr(tokenizer, "chat_template", "") or "")
     for index, sample in enumerate(samples):
+        if sample.is_pretraining:
+            direct[index] = _pretraining_tokens(tokenizer, sample.messages[0][1])
+            texts.append("")
+            spans.append([])
+            continue
         try:
             text, sample_spans = trained_spans(tokenizer, sample)
         except _NotIncremental:
@@ -177,7 +192,7 @@ def tokenize_samples(
                     line=sample.line,
                     hint="add {% generation %} markers around assistant text in the template",
                 ) from None
-            fallback[index] = _generation_mask(tokenizer, sample)
+            direct[index] = _generation_mask(tokenizer, sample)
             text, sample_spans = "", []
         except Exception as exc:  # jinja errors raised by the template itself (e.g. role order)
             raise LabalignError(
@@ -194,9 +209,9 @@ def tokenize_samples(
     masks_out: list[BoolArray] = []
     kept: list[int] = []
     for index in range(len(samples)):
-        if index in fallback:
-            ids = np.asarray(fallback[index][0], dtype=np.int64)
-            mask = np.asarray(fallback[index][1], dtype=np.bool_)
+        if index in direct:
+            ids = np.asarray(direct[index][0], dtype=np.int64)
+            mask = np.asarray(direct[index][1], dtype=np.bool_)
         else:
             ids = np.asarray(encoded["input_ids"][index], dtype=np.int64)
             offsets = np.asarray(encoded["offset_mapping"][index], dtype=np.int64).reshape(-1, 2)
