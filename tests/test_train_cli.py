@@ -165,6 +165,21 @@ def test_distributed_flag_sets_the_setting(monkeypatch: pytest.MonkeyPatch) -> N
     assert result.exit_code == 2 and "zero3" in result.output
 
 
+def test_rehearsal_flag_sets_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+
+    def fake_train(config: TrainConfig) -> None:
+        seen.append(config.settings.rehearsal_samples)
+        raise typer.Exit(0)
+
+    monkeypatch.setattr("labalign.train.phases.train", fake_train)
+    base = ["train", "--phase1", "a.jsonl", "--out", "o", "--no-progress"]
+    assert runner.invoke(_app(), base).exit_code == 0
+    assert runner.invoke(_app(), [*base, "--rehearsal", "32"]).exit_code == 0
+    assert seen == [0, 32]
+    assert runner.invoke(_app(), [*base, "--rehearsal", "-1"]).exit_code == 2
+
+
 def test_an_empty_phase_file_is_skipped_with_a_warning(
     files: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
