@@ -215,6 +215,21 @@ def test_samples_show_generated_records_before_seeds(run_copy: Path) -> None:
     assert "seed-record-0" in render_report(run_copy).read_text()
 
 
+def test_a_fact_question_leaf_counts_facts_not_rounds(run_copy: Path) -> None:
+    path = run_copy / "data" / "stats.json"
+    stats = json.loads(path.read_text())
+    leaf = stats["leaves"][0]
+    leaf.update(facts=7, rounds=0)
+    path.write_text(json.dumps(stats))
+    summary = re.search(
+        rf"<summary><strong>{re.escape(leaf['leaf'].split('/')[0])}.*?</summary>",
+        render_report(run_copy).read_text(),
+        re.S,
+    )
+    assert summary and "7 from fact questions" in summary.group(0)
+    assert not re.search(r"\d rounds?,", summary.group(0))
+
+
 def test_rehearsal_text_is_counted_and_shown(run_copy: Path) -> None:
     assert "Rehearsal:" not in render_report(run_copy).read_text()  # none written: no paragraph
     passages = ["The <old> mill stood by the river for a century.", "Rain fell on the town."]

@@ -397,6 +397,7 @@ def _funnel(stats: Any) -> dict[str, Any]:
                 "kept": int(leaf.get("kept", 0)),
                 "heldout": int(leaf.get("heldout", 0)),
                 "rounds": leaf.get("rounds"),
+                "facts": leaf.get("facts"),
                 "teacher_calls": leaf.get("teacher_calls"),
                 "teacher_tokens": leaf.get("teacher_tokens"),
                 "dropped_total": dropped_total,
