@@ -76,7 +76,9 @@ def test_a_killed_synthesis_resumes_from_its_cache(tmp_path: Path, monkeypatch: 
         raise AssertionError("every passage should come from the cache")
 
     monkeypatch.setattr("labalign.llm.hf.TransformersBackend.generate", no_model)
-    assert rehearsal.synthesize(model, tmp_path / "a", samples=4, max_tokens=10, seed=1).read_text() == written
+    assert (
+        rehearsal.synthesize(model, tmp_path / "a", samples=4, max_tokens=10, seed=1).read_text() == written
+    )
 
 
 def test_no_usable_passage_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
