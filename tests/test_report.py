@@ -230,16 +230,6 @@ def test_a_fact_question_leaf_counts_facts_not_rounds(run_copy: Path) -> None:
     assert not re.search(r"\d rounds?,", summary.group(0))
 
 
-def test_rehearsal_text_is_counted_and_shown(run_copy: Path) -> None:
-    assert "Rehearsal:" not in render_report(run_copy).read_text()  # none written: no paragraph
-    passages = ["The <old> mill stood by the river for a century.", "Rain fell on the town."]
-    (run_copy / "train" / "rehearsal.jsonl").write_text(
-        "".join(json.dumps({"messages": [{"role": "pretraining", "content": t}]}) + "\n" for t in passages)
-    )
-    html = render_report(run_copy).read_text()
-    assert "Rehearsal: 2 passages" in html and "The &lt;old&gt; mill stood" in html
-
-
 def test_partial_run_after_validation(tmp_path: Path) -> None:
     run_dir = tmp_path / "fresh"
     run_dir.mkdir()

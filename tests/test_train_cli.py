@@ -147,47 +147,22 @@ def test_relaunch_args_repeat_the_command_without_nproc(
     assert "--lora" in argv and "--no-progress" in argv and "--resume" not in argv
 
 
-@pytest.mark.parametrize(
-    ("env", "before", "flag", "field", "value", "bad", "named"),
-    [
-        # --distributed overrides the config's train.distributed; an unknown mode is refused by name.
-        (
-            {"LABALIGN_TRAIN__DISTRIBUTED": "ddp"},
-            "ddp",
-            "--distributed",
-            "distributed",
-            "fsdp",
-            "zero3",
-            "zero3",
-        ),
-        ({}, "0", "--rehearsal", "rehearsal_samples", "32", "-1", "greater than or equal to 0"),
-    ],
-)
-def test_flags_override_the_settings(
-    monkeypatch: pytest.MonkeyPatch,
-    env: dict[str, str],
-    before: str,
-    flag: str,
-    field: str,
-    value: str,
-    bad: str,
-    named: str,
-) -> None:
-    for key, setting in env.items():
-        monkeypatch.setenv(key, setting)
+def test_distributed_flag_sets_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--distributed overrides the config's train.distributed; an unknown mode is refused by name."""
+    monkeypatch.setenv("LABALIGN_TRAIN__DISTRIBUTED", "ddp")
     seen: list[str] = []
 
     def fake_train(config: TrainConfig) -> None:
-        seen.append(str(getattr(config.settings, field)))
+        seen.append(config.settings.distributed)
         raise typer.Exit(0)
 
     monkeypatch.setattr("labalign.train.phases.train", fake_train)
     base = ["train", "--phase1", "a.jsonl", "--out", "o", "--no-progress"]
     assert runner.invoke(_app(), base).exit_code == 0
-    assert runner.invoke(_app(), [*base, flag, value]).exit_code == 0
-    assert seen == [before, value]
-    result = runner.invoke(_app(), [*base, flag, bad])
-    assert result.exit_code == 2 and named in " ".join(result.output.split())
+    assert runner.invoke(_app(), [*base, "--distributed", "fsdp"]).exit_code == 0
+    assert seen == ["ddp", "fsdp"]
+    result = runner.invoke(_app(), [*base, "--distributed", "zero3"])
+    assert result.exit_code == 2 and "zero3" in result.output
 
 
 def test_an_empty_phase_file_is_skipped_with_a_warning(

@@ -235,26 +235,3 @@ def test_student_modes(model_dir: Path) -> None:
     )
     assert checkpointed.causal_lm.is_activation_checkpointing
     assert isinstance(full, Student)
-
-
-def test_rehearsal_text_joins_every_phase_but_no_heldout_split(
-    model_dir: Path, data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from labalign.train import rehearsal
-
-    monkeypatch.setattr(
-        rehearsal, "passage", lambda text, finished: text.strip()
-    )  # random text: no sentences
-    monkeypatch.setattr(rehearsal, "MIN_WORDS", 1)
-    specs: dict[str, PhaseSpec] = {}
-    out = tmp_path / "rehearsed"
-    settings = _settings(epochs=1, rehearsal_samples=6, rehearsal_tokens=16, save_every=None)
-    _run(model_dir, data, out, settings=settings, on_phase_start=lambda s: specs.__setitem__(s.name, s))
-    written = [json.loads(line)["id"] for line in (out / rehearsal.FILE).read_text().splitlines()]
-    assert len(written) == 6
-    for spec in specs.values():
-        assert [i for i in spec.train.ids if i.startswith("rehearsal-")] == written
-        assert spec.heldout is not None and not any(i.startswith("rehearsal-") for i in spec.heldout.ids)
-        # Every token of a rehearsal passage is trained.
-        start = spec.train.ids.index(written[0])
-        assert spec.train.sample(start)[1].all()

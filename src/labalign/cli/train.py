@@ -32,7 +32,6 @@ _SETTING_FLAGS = {
     "holdout_fraction": "holdout_fraction",
     "save_every": "save_every",
     "keep_last": "keep_last",
-    "rehearsal": "rehearsal_samples",
     "lora": "lora",
     "lora_rank": "lora_rank",
     "lora_alpha": "lora_alpha",
@@ -182,13 +181,6 @@ def train(
     ),
     save_every: int = typer.Option(None, "--save-every", help="Checkpoint every N steps (and each epoch)."),
     keep_last: int = typer.Option(None, "--keep-last", help="Step checkpoints kept besides the best."),
-    rehearsal: int = typer.Option(
-        None,
-        "--rehearsal",
-        min=0,
-        help="Passages the student writes itself before training, rehearsed as plain text in every "
-        "phase against forgetting (0: none).",
-    ),
     lora: bool = typer.Option(None, "--lora/--full", help="Train LoRA adapters, or all weights."),
     lora_rank: int = typer.Option(None, "--lora-rank", help="LoRA rank."),
     lora_alpha: int = typer.Option(None, "--lora-alpha", help="LoRA alpha."),

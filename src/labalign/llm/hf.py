@@ -189,10 +189,6 @@ class TransformersBackend:
     def context_window(self) -> int | None:
         return self._context_window
 
-    @property
-    def tokenizer(self) -> Any:
-        return self._tokenizer
-
     async def generate(
         self, requests: Sequence[LLMRequest], *, on_result: ResultCallback | None = None
     ) -> list[LLMResult]:

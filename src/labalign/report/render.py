@@ -518,24 +518,12 @@ def _training(train_dir: Path, section: Section) -> dict[str, Any]:
     chart = section.guard("the training log", lambda: _loss_chart(log, order, train_dir))
     final = train_dir / "final"
     return {
-        "rehearsal": section.guard("train/rehearsal.jsonl", lambda: _rehearsal(train_dir)),
         "phases": phases,
         "chart": chart,
         "final": str(final) if final.is_dir() else None,
         "adapter": (final / "adapter_config.json").is_file(),
         "heldout": any(r.get("heldout_loss") is not None for r in log),
     }
-
-
-def _rehearsal(train_dir: Path) -> dict[str, Any] | None:
-    """How many passages the student wrote for rehearsal (labalign.train.rehearsal), and the first."""
-    from labalign.train.rehearsal import FILE
-
-    path = train_dir / FILE
-    if not path.is_file():
-        return None
-    texts = [str(r["messages"][0]["content"]) for _, r in iter_jsonl(path)]
-    return {"passages": len(texts), "example": texts[0] if texts else ""}
 
 
 def _loss_chart(log: list[dict[str, Any]], phases: list[str], train_dir: Path) -> str | None:

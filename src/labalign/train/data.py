@@ -1,7 +1,7 @@
 """Read and validate messages JSONL: `{id, messages: [{role, content}], metadata, unmask}` per line.
 
 A record whose only message has the role `pretraining` (InstructLab training's name for it) is plain
-text trained on every token: raw documents, or the student's own rehearsal text (labalign.train.rehearsal).
+text trained on every token (raw documents, pre-training style).
 """
 
 from __future__ import annotations

@@ -177,20 +177,11 @@ def _load_data(
 
 
 def plan_phases(
-    config: TrainConfig,
-    model_path: Path,
-    data: dict[str, TokenizedData],
-    rehearsal: TokenizedData | None = None,
+    config: TrainConfig, model_path: Path, data: dict[str, TokenizedData]
 ) -> list[tuple[PhaseSpec, list[str]]]:
     """The phases to run, each with its held-out split (phase 2 also holds out phase 1's held-out
-    samples it replays, so the knowledge split stays unseen). Phase 2 starts from phase 1's best.
-    Rehearsal text, if any, joins every phase's training data (never a held-out split: those pick the
-    checkpoint that learned the taxonomy best)."""
+    samples it replays, so the knowledge split stays unseen). Phase 2 starts from phase 1's best."""
     s = config.settings
-
-    def with_rehearsal(part: TokenizedData) -> TokenizedData:
-        return TokenizedData.concat([part, rehearsal]) if rehearsal is not None else part
-
     if s.strategy == "stacked":
         parts = [data[n] for n in ("phase1", "phase2") if n in data]
         merged = TokenizedData.concat(parts)
@@ -199,7 +190,7 @@ def plan_phases(
             "stacked",
             0,
             model_path,
-            with_rehearsal(merged.subset(train_idx)),
+            merged.subset(train_idx),
             merged.subset(held_idx) if held_idx else None,
             config.evaluator,
             _stats_sum([p.stats for p in parts]),
@@ -216,7 +207,7 @@ def plan_phases(
             "phase1",
             1,
             model_path,
-            with_rehearsal(d1.subset(train_idx)),
+            d1.subset(train_idx),
             d1.subset(held_idx) if held_idx else None,
             None,
             d1.stats,
@@ -239,46 +230,13 @@ def plan_phases(
             "phase2",
             2,
             start,
-            with_rehearsal(d2.subset(train_idx)),
+            d2.subset(train_idx),
             d2.subset(held_idx) if held_idx else None,
             config.evaluator,
             d2.stats,
         )
         specs.append((spec2, []))
     return specs
-
-
-def _rehearsal(
-    config: TrainConfig, model_path: Path, ctx: DistContext, cache_dir: Path
-) -> TokenizedData | None:
-    """The student's own rehearsal text (labalign.train.rehearsal), written once by the main process."""
-    s = config.settings
-    if not s.rehearsal_samples:
-        return None
-    from rich.console import Console
-
-    from labalign.progress import phase_progress
-    from labalign.train.rehearsal import synthesize
-
-    def write() -> str:
-        with phase_progress(Console(stderr=True, quiet=not config.show_progress)) as progress:
-            return str(
-                synthesize(
-                    model_path,
-                    config.out,
-                    samples=s.rehearsal_samples,
-                    max_tokens=s.rehearsal_tokens,
-                    seed=s.seed,
-                    on_progress=progress,
-                )
-            )
-
-    path = Path(_on_main(ctx, write))
-    barrier(ctx)
-    tokenizer = load_tokenizer(model_path)
-    return load_tokenized(
-        path, tokenizer, max_seq_len=s.max_seq_len, long_samples="truncate", cache_dir=cache_dir
-    )
 
 
 def _finish(
@@ -383,7 +341,7 @@ def _train_in(
         ckpt.write_json(config.out / RUN_FILE, record)
 
     _on_main(ctx, prepare_out)
-    phases = plan_phases(config, model_path, data, _rehearsal(config, model_path, ctx, cache_dir))
+    phases = plan_phases(config, model_path, data)
     log_path = config.out / "training_log.jsonl"
     log = LogWriter(log_path if ctx.is_main else None)
     results: list[PhaseResult] = []

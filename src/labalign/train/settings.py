@@ -68,15 +68,6 @@ class TrainSettings(BaseModel):
         lt=0.5,
         description="Fraction of each phase's data held out (deterministically) to pick the best checkpoint.",
     )
-    rehearsal_samples: int = Field(
-        0,
-        ge=0,
-        le=100_000,
-        description="Self-synthesized rehearsal: passages the student writes (from nothing, before "
-        "training) and trains on as plain text in every phase, to keep its general language modelling; "
-        "0: none.",
-    )
-    rehearsal_tokens: int = Field(160, ge=16, le=4096, description="Longest rehearsal passage in tokens.")
     save_every: int | None = Field(
         None, ge=1, description="Checkpoint (and evaluate) every N steps; always at each epoch's end."
     )
