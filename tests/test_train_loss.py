@@ -138,7 +138,7 @@ def test_bf16_autocast_stays_close_to_fp32() -> None:
     assert float(loss.detach()) == pytest.approx(float(ref), rel=2e-2)
 
 
-def test_chunk_size_keeps_logits_near_64_mb() -> None:
+def test_chunk_size_keeps_logits_near_256_mb() -> None:
     assert default_chunk_tokens(262_144) == 256
     assert default_chunk_tokens(32_000) == 2048  # whole buckets of 64 rows
     assert default_chunk_tokens(400) == 8192

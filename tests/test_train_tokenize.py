@@ -94,7 +94,6 @@ def test_pretraining_records_train_every_token_as_plain_text(tmp_path: Path) -> 
         tokenizer.eos_token_id,
     ]
     assert ids.tolist() == expected and mask.all()  # no chat template, no masked token
-    assert tokenizer.decode(ids) == tokenizer.decode(expected)
     _, chat_mask = data.sample(1)
     assert not chat_mask.all()  # the chat record beside it keeps its prompt masked
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,16 +64,31 @@ def _sample(record: Any, path: Path, line: int) -> Sample:
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad("'messages' must be a non-empty list")
-    parsed: list[tuple[str, str]] = []
     if isinstance(messages[0], dict) and messages[0].get("role") == PRETRAINING:
-        content = messages[0].get("content")
-        if len(messages) != 1 or not isinstance(content, str) or not content.strip():
-            raise bad(
-                "a pretraining record is one message with non-empty text",
-                hint='write {"messages": [{"role": "pretraining", "content": "..."}]}',
-            )
-        parsed.append((PRETRAINING, content))
-    for i, message in enumerate(messages if not parsed else []):
+        parsed = [_pretraining(messages, bad)]
+    else:
+        parsed = _chat(messages, bad)
+    unmask = record.get("unmask", False)
+    if not isinstance(unmask, bool):
+        raise bad("'unmask' must be true or false", hint="unmask: true also trains the user turns")
+    raw_id = record.get("id")
+    sample_id = str(raw_id) if raw_id is not None else f"{path.name}:{line}"
+    return Sample(id=sample_id, messages=tuple(parsed), unmask=unmask, path=str(path), line=line)
+
+
+def _pretraining(messages: list[Any], bad: Callable[..., LabalignError]) -> tuple[str, str]:
+    content = messages[0].get("content")
+    if len(messages) != 1 or not isinstance(content, str) or not content.strip():
+        raise bad(
+            "a pretraining record is one message with non-empty text",
+            hint='write {"messages": [{"role": "pretraining", "content": "..."}]}',
+        )
+    return PRETRAINING, content
+
+
+def _chat(messages: list[Any], bad: Callable[..., LabalignError]) -> list[tuple[str, str]]:
+    parsed: list[tuple[str, str]] = []
+    for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise bad(f"messages[{i}] must be an object with 'role' and 'content'")
         role, content = message.get("role"), message.get("content")
@@ -86,17 +102,12 @@ def _sample(record: Any, path: Path, line: int) -> Sample:
         if role == "system" and i != 0:
             raise bad(f"messages[{i}]: a system message may only come first")
         parsed.append((role, content))
-    if not any(role in ("assistant", PRETRAINING) and content.strip() for role, content in parsed):
+    if not any(role == "assistant" and content.strip() for role, content in parsed):
         raise bad(
             "no assistant turn with content: nothing to learn from this sample",
             hint="add an assistant message or remove the line",
         )
-    unmask = record.get("unmask", False)
-    if not isinstance(unmask, bool):
-        raise bad("'unmask' must be true or false", hint="unmask: true also trains the user turns")
-    raw_id = record.get("id")
-    sample_id = str(raw_id) if raw_id is not None else f"{path.name}:{line}"
-    return Sample(id=sample_id, messages=tuple(parsed), unmask=unmask, path=str(path), line=line)
+    return parsed
 
 
 def file_digest(path: Path) -> str:
