@@ -51,12 +51,40 @@ def test_chunked_equals_full_logits(
     t[torch.rand(n, generator=g) < 0.3] = IGNORE
     spec = HeadSpec(w, b, scale, softcap)
     params = [h, w] + ([b] if b is not None else [])
-    ours, ours_grads = _grads(lambda: chunked_cross_entropy_sum(h, t, spec, chunk_tokens=chunk)[0], params)
+    ours, ours_grads = _grads(
+        lambda: chunked_cross_entropy_sum(h, t, spec, chunk_tokens=chunk, grad_filter=0.0)[0], params
+    )
     ref, ref_grads = _grads(lambda: _reference(h, t, spec), params)
     assert ours == pytest.approx(ref, rel=1e-9, abs=1e-9)
     assert len(ours_grads) == len(ref_grads) == len(params)
     for a, r in zip(ours_grads, ref_grads, strict=True):
         torch.testing.assert_close(a, r, rtol=1e-8, atol=1e-10)
+
+
+def test_gradient_filter_drops_only_improbable_columns() -> None:
+    # A peaked softmax over a 4096-token vocabulary, as a trained LM's: most columns are far below the
+    # filter in every row, so their gradient is skipped; what is kept is exact, the rest tiny.
+    g = torch.Generator().manual_seed(3)
+    vocab, n = 4096, 40
+    h = torch.randn(n, 16, dtype=torch.float64, generator=g, requires_grad=True)
+    w = (3 * torch.randn(vocab, 16, dtype=torch.float64, generator=g)).requires_grad_()
+    t = (h.detach() @ w.detach().T).argmax(1)  # targets the model already likes, as after some training
+    t[::4] = torch.randint(0, vocab, (10,), generator=g)  # and some it does not
+    spec = HeadSpec(w)
+    eps = 2.0**-14
+    ours, (gh, gw) = _grads(lambda: chunked_cross_entropy_sum(h, t, spec, grad_filter=eps)[0], [h, w])
+    ref, (rh, rw) = _grads(lambda: _reference(h, t, spec), [h, w])
+    assert ours == pytest.approx(ref, rel=1e-12)  # the loss itself is never filtered
+    probs = torch.softmax(h.detach() @ w.detach().T, dim=1)
+    kept = (probs >= eps).any(0)
+    kept[t] = True
+    assert 0 < int(kept.sum()) < vocab // 2
+    assert torch.count_nonzero(gw[~kept]) == 0  # skipped columns: no head gradient at all
+    torch.testing.assert_close(gw[kept], rw[kept], rtol=1e-10, atol=1e-12)
+    dropped = probs[:, ~kept].sum(1)  # grad(h) misses at most dropped mass x the largest head row
+    bound = dropped * w.detach().norm(dim=1).max()
+    assert torch.all((gh - rh).norm(dim=1) <= bound + 1e-12)
+    assert float((gh - rh).norm() / rh.norm()) < 1e-3
 
 
 def test_normalisation_is_per_token_over_the_whole_batch() -> None:
