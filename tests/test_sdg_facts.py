@@ -9,16 +9,17 @@ from pathlib import Path
 import pytest
 
 from labalign.config import load_settings
+from labalign.llm.types import LLMRequest
 from labalign.sdg.blocks import BlockContext, SimilarityBlockConfig, run_block
 from labalign.sdg.driver import leaf_inputs
-from labalign.sdg.facts import fact_examples, fact_rows, paragraphs, sentences
+from labalign.sdg.facts import FACT_ID, fact_examples, fact_rows, paragraphs, sentences
 from labalign.sdg.generate import GenerateOptions, generate
 from labalign.sdg.pipeline import builtin_pipeline
 from labalign.sdg.prompts import PromptLibrary
 from labalign.sdg.rows import ROW_ID
 from labalign.sdg.stats import LeafStats
 from labalign.taxonomy import ValidationOptions, load_leaves
-from tests.sdg_fakes import ScriptedTeacher
+from tests.sdg_fakes import ScriptedTeacher, prompt_text
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "taxonomy"
 
@@ -161,3 +162,43 @@ def test_without_knowledge_qa_the_knowledge_leaf_gets_fact_questions_only(tmp_pa
     assert {r["metadata"]["variant"] for r in phase1} == {"fact"}
     skills = [leaf for leaf in result.leaves if leaf.leaf.kind != "knowledge"]
     assert all(len(leaf.train) == 2 for leaf in skills)  # skills are not affected
+
+
+class _FirstRoundFails(ScriptedTeacher):
+    """Writes an unparseable "question" for both choices of the first round about `facts`."""
+
+    def __init__(self, facts: set[str]) -> None:
+        super().__init__()
+        self.facts = facts
+        self.failed: dict[str, set[int | None]] = {}
+
+    def answer(self, request: LLMRequest) -> str:
+        text = prompt_text(request).rstrip()
+        if "[Fact]" in text and text.endswith("[Question]"):
+            fact = text[text.rindex("[Fact]") + len("[Fact]") : text.rindex("[Question]")].strip()
+            seeds = self.failed.setdefault(fact, set())
+            if fact in self.facts and (len(seeds) < 2 or request.params.seed in seeds):
+                seeds.add(request.params.seed)
+                return "no question here\n"
+        return super().answer(request)
+
+
+def test_sentences_without_a_question_are_asked_again_with_new_seeds(tmp_path: Path) -> None:
+    s = load_settings(overrides={"sdg.max_chunks": 1})
+    jobs = leaf_inputs(load_leaves([EXAMPLES], ValidationOptions(check_documents=False)), s)
+    job = next(j for j in jobs if j.leaf.kind == "knowledge")
+    rows = fact_rows(job.leaf, job.chunks, seed=1, examples_per_prompt=3)
+    teacher = _FirstRoundFails({rows[0]["fact"], rows[2]["fact"]})
+    options = GenerateOptions(samples_per_leaf=2, seed=1, knowledge_qa=False, document_records=False)
+    result = asyncio.run(generate([job], teacher=teacher, out_dir=tmp_path, options=options))
+    # Both first-round choices about two sentences failed: those two were asked again (2 rows more),
+    # with new seeds, and every sentence ends up with a question.
+    stats = result.leaves[0].stats
+    assert stats.stages["fact_question"].rows_in == len(rows) + 2
+    assert stats.stages["parse_fact_question"].dropped["unparseable"] == 4
+    kept = result.leaves[0].facts
+    assert {r[FACT_ID] for r in kept} == {r[FACT_ID] for r in rows}
+    retried = [r for r in kept if r["round"] == 1]
+    assert {r["fact"] for r in retried} == teacher.facts
+    assert all(r[ROW_ID].split("/")[-3] == "r1" for r in retried)
+    assert all(len(seeds) == 2 for fact, seeds in teacher.failed.items() if fact in teacher.facts)

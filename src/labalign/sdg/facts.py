@@ -27,6 +27,7 @@ _LIST_MARK = re.compile(r"^\s*(?:[-*+]|\d{1,9}[.)])\s+")
 _HEADING = re.compile(r"^ {0,3}#{1,6}(?:\s|$)")
 _FENCE = re.compile(r"^ {0,3}(?:`{3,}|~{3,})")
 MIN_WORDS = 5  # shorter "sentences" are captions, labels or fragments, not facts worth a question
+FACT_ID = "fact_id"  # the sentence a row asks about, the same in every round
 
 
 def paragraphs(text: str) -> list[str]:
@@ -113,10 +114,12 @@ def fact_rows(leaf: Leaf, chunks: Sequence[Chunk], *, seed: int, examples_per_pr
         found = sentences(chunk.text)
         heading = " > ".join(h for h in chunk.heading_path if h.strip())
         for i, sentence in enumerate(found):
+            fact_id = f"{leaf.name}/facts/c{chunk.index}/s{i}"
             rows.append(
                 {
                     **base,
-                    ROW_ID: f"{leaf.name}/facts/c{chunk.index}/s{i}",
+                    ROW_ID: fact_id,
+                    FACT_ID: fact_id,
                     "fact": sentence,
                     "answer": sentence,
                     "before": found[i - 1] if i > 0 else "",
@@ -129,3 +132,9 @@ def fact_rows(leaf: Leaf, chunks: Sequence[Chunk], *, seed: int, examples_per_pr
                 }
             )
     return rows
+
+
+def retry_row(row: Row, round_no: int) -> Row:
+    """`row` asked again in a later round: a new row id gives its choices new sampling seeds (and new
+    request-cache keys), so the teacher writes different questions."""
+    return {**row, ROW_ID: f"{row[FACT_ID]}/r{round_no}", "round": round_no}
