@@ -158,14 +158,15 @@ def test_a_crashing_batch_is_retried_row_by_row(
     backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bad_id = backend._tokenizer("Q")["input_ids"][-1]
-    real_generate = backend._model.generate
+    real_forward = backend._model.forward
 
-    def flaky_generate(*args: Any, **kwargs: Any) -> Any:
-        if (kwargs["input_ids"] == bad_id).any():
+    def flaky_forward(*args: Any, **kwargs: Any) -> Any:
+        ids = kwargs["input_ids"]
+        if ids.shape[1] > 1 and (ids == bad_id).any():  # the prompt pass, not a generated "Q"
             raise RuntimeError("simulated kernel failure")
-        return real_generate(*args, **kwargs)
+        return real_forward(*args, **kwargs)
 
-    monkeypatch.setattr(backend._model, "generate", flaky_generate)
+    monkeypatch.setattr(backend._model, "forward", flaky_forward)
     results = run(backend, [LLMRequest(prompt=p, params=GREEDY) for p in ["hello", "Q", "x y z"]])
     assert [r.ok for r in results] == [True, False, True]
     assert results[1].error is not None and results[1].error.kind == "internal"

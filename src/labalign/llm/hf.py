@@ -1,6 +1,7 @@
 """`Backend` over a Hugging Face causal LM directory, run in-process with transformers.
 
-Requests are batched (left padding) and decoded with `generate`. Sampling does not use the global RNG:
+Requests are batched (left padding) and decoded by `hf_decode` (finished rows leave the batch), or by
+`generate` when streaming. Sampling does not use the global RNG:
 each output row draws from its own generator seeded from the request's seed, so the same request and
 seed give the same text whatever else shares its batch. Per-row limits (max tokens, stop strings) end
 rows independently. All model calls run on one worker thread so the event loop stays responsive.
@@ -33,6 +34,7 @@ from transformers import (
 )
 
 from labalign.errors import LabalignError
+from labalign.llm import hf_decode
 from labalign.llm.chat_template import DEFAULT_CHAT_TEMPLATE, DEFAULT_STOP, ensure_chat_template
 from labalign.llm.convert import MARKER, quiet_transformers
 from labalign.llm.local_queue import SerialWorker, StopScanner, derive_seed, truncate_at_stop
@@ -177,6 +179,7 @@ class TransformersBackend:
         self._vocab_size = int(self._model.get_input_embeddings().weight.shape[0])
         self._context_window = _context_window(self._model.config)
         self._identity = model_dir_identity(self.model_dir)
+        self._drop_finished = hf_decode.supports_row_dropping(self._model)
         self._worker = SerialWorker("labalign-hf")
 
     # -- Backend interface -------------------------------------------------------------------------
@@ -346,6 +349,18 @@ class TransformersBackend:
             input_ids[i, width - n :] = torch.tensor(row.prompt_ids, dtype=torch.long)
             attention[i, width - n :] = 1
         limits = _RowLimits(rows, width, self._tokenizer)
+        if streamer is None and stopper is None and self._drop_finished:
+            generated = hf_decode.decode(
+                self._model,
+                input_ids.to(self.device),
+                attention.to(self.device),
+                max_new=[r.max_new for r in rows],
+                choose=_RowSampler(rows, self.device).choose,
+                ended=lambda i, tokens: tokens[-1] in self._eos_ids or limits.ended(rows[i], tokens),
+            )
+            for row, tokens in zip(rows, generated, strict=True):
+                row.choice_out, row.completion_tokens = self._decode_row(row, tokens, limits)
+            return
         criteria: list[StoppingCriteria] = [limits]
         if stopper is not None:
             criteria.append(stopper)
@@ -417,17 +432,31 @@ class _RowSampler(LogitsProcessor):
                 self._generators.append(None)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for i, (row, generator) in enumerate(zip(self._rows, self._generators, strict=True)):
-            if generator is None:
-                continue
-            logits = scores[i].float() / row.temperature
-            if row.top_p < 1.0:
-                logits = _top_p_filter(logits, row.top_p)
-            probs = torch.softmax(logits, dim=-1)
-            token = torch.multinomial(probs, 1, generator=generator)
-            scores[i] = -math.inf
-            scores[i, token] = 0.0
+        for i in range(len(self._rows)):
+            token = self._sample(i, scores[i])
+            if token is not None:
+                scores[i] = -math.inf
+                scores[i, token] = 0.0
         return scores
+
+    def choose(self, live: list[int], logits: torch.Tensor) -> torch.Tensor:
+        """The next token of each live row (`hf_decode.decode`): greedy, or drawn as __call__ does."""
+        tokens = logits.argmax(dim=-1)
+        for j, i in enumerate(live):
+            token = self._sample(i, logits[j])
+            if token is not None:
+                tokens[j] = token
+        return tokens
+
+    def _sample(self, i: int, scores: torch.Tensor) -> torch.Tensor | None:
+        row, generator = self._rows[i], self._generators[i]
+        if generator is None:
+            return None
+        logits = scores.float() / row.temperature
+        if row.top_p < 1.0:
+            logits = _top_p_filter(logits, row.top_p)
+        probs = torch.softmax(logits, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator)[0]
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -460,6 +489,13 @@ class _RowLimits(StoppingCriteria):
                     self.ended_at[key] = row.max_new
             done[i] = key in self.ended_at
         return done  # type: ignore[return-value]  # a bool tensor is what generate expects
+
+    def ended(self, row: _Row, tokens: list[int]) -> bool:
+        """Whether `row`'s generated `tokens` end with one of its stop strings (`hf_decode.decode`)."""
+        if row.stops and self._hits_stop(torch.tensor(tokens), len(tokens), row.stops):
+            self.ended_at[id(row)] = len(tokens)
+            return True
+        return False
 
     def _hits_stop(self, ids: torch.Tensor, generated: int, stops: tuple[str, ...]) -> bool:
         # Only the tail can hold a stop string that was not there one token ago.
