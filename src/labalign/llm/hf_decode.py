@@ -1,11 +1,12 @@
 """Batched decoding that drops finished rows from the batch.
 
 `generate` keeps every row of a batch in each forward pass until the last row ends: a row that
-stopped after 20 tokens still costs 76 more passes when another runs to 96. Evaluation asks a base
-model (which rambles to the token limit) and a tuned one (which mostly stops early) the same
-questions in batches of 64, so most of the tuned model's passes went to finished rows. Here the KV
-cache, attention mask and positions are narrowed to the rows still going after every step that ends
-some (`Cache.batch_select_indices`), so a pass costs what the live rows need.
+stopped after 20 tokens still costs 76 more passes when another runs to 96. Evaluation asks a tuned
+model (which mostly stops after a sentence) its held-out questions in batches of 64: in a quick run
+the answers took 36 tokens at the median and 68 at most, so 43% of the row-passes `generate` made
+were for finished rows. Here the KV cache, attention mask and positions are narrowed to the rows
+still going after every step that ends some (`Cache.batch_select_indices`): 1.59x faster on that
+batch, the same answers (benchmarks/decode_vs_generate.py).
 """
 
 from __future__ import annotations
