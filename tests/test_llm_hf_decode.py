@@ -2,47 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 from labalign.llm import hf_decode
+from tests.test_train_helpers import tiny_model
 
 
-def _gemma() -> Any:
-    # Sliding-window layers (window 4, shorter than the sequences) next to full-attention ones: both
-    # kinds of cache layer are narrowed when rows leave.
-    config = Gemma3TextConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        sliding_window=4,
-        layer_types=["sliding_attention", "full_attention"],
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    return Gemma3ForCausalLM(config).double().eval()  # type: ignore[no-untyped-call]
-
-
-def _llama() -> Any:
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).double().eval()  # type: ignore[no-untyped-call]
+def _model(arch: str) -> Any:
+    # Gemma 3's sliding-window layers (window 4, shorter than the sequences) sit next to full-attention
+    # ones: both kinds of cache layer are narrowed when rows leave.
+    overrides: dict[str, Any] = {"sliding_window": 4} if arch == "gemma3" else {}
+    return tiny_model(arch, vocab_size=97, **overrides).double().eval()
 
 
 def _alone(model: Any, prompt: list[int], n: int) -> list[int]:
@@ -53,9 +26,9 @@ def _alone(model: Any, prompt: list[int], n: int) -> list[int]:
     return [int(t) for t in out[0, len(prompt) :]]
 
 
-@pytest.mark.parametrize("make", [_gemma, _llama])
-def test_each_row_decodes_as_it_would_alone(make: Callable[[], Any]) -> None:
-    model = make()
+@pytest.mark.parametrize("arch", ["gemma3", "llama"])
+def test_each_row_decodes_as_it_would_alone(arch: str) -> None:
+    model = _model(arch)
     prompts = [[2, 5, 9, 11, 3, 7, 8], [2, 8], [2, 4, 4, 6, 50]]
     width = max(map(len, prompts))
     ids = torch.zeros(len(prompts), width, dtype=torch.long)
@@ -80,5 +53,5 @@ def test_each_row_decodes_as_it_would_alone(make: Callable[[], Any]) -> None:
 
 
 def test_row_dropping_needs_a_standard_cache() -> None:
-    assert hf_decode.supports_row_dropping(_llama())
+    assert hf_decode.supports_row_dropping(_model("llama"))
     assert not hf_decode.supports_row_dropping(object())
