@@ -1,10 +1,10 @@
 """`Backend` over a Hugging Face causal LM directory, run in-process with transformers.
 
 Requests are batched (left padding) and decoded by `hf_decode` (finished rows leave the batch), or by
-`generate` when streaming. Sampling does not use the global RNG:
-each output row draws from its own generator seeded from the request's seed, so the same request and
-seed give the same text whatever else shares its batch. Per-row limits (max tokens, stop strings) end
-rows independently. All model calls run on one worker thread so the event loop stays responsive.
+`generate` when streaming. Sampling does not use the global RNG: each output row draws from its own
+generator seeded from the request's seed, so the same request and seed give the same text whatever
+else shares its batch. Per-row limits (max tokens, stop strings) end rows independently. All model
+calls run on one worker thread so the event loop stays responsive.
 """
 
 from __future__ import annotations

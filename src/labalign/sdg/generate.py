@@ -245,21 +245,22 @@ async def _fact_questions(
     stage = ctx.stats.stage("dedup_facts_across_chunks")
     kept: list[Row] = []
     covered: set[str] = set()
+    done = 0
+
+    async def run(chunk: list[Row], label: str, total: int) -> list[Row]:
+        nonlocal done
+        out = await _run_chunk(chunk, pipeline.config, fctx)
+        done += len(chunk)
+        if on_event is not None:
+            on_event(job.leaf.name, label, done, total)
+        return out
+
     pending = rows
     for round_no in range(pipeline.config.max_rounds):
         label = "fact questions" if round_no == 0 else f"fact questions, retry {round_no}"
         done = 0
-
-        async def run(chunk: list[Row], label: str = label, total: int = len(pending)) -> list[Row]:
-            nonlocal done
-            out = await _run_chunk(chunk, pipeline.config, fctx)
-            done += len(chunk)
-            if on_event is not None:
-                on_event(job.leaf.name, label, done, total)
-            return out
-
         chunks = [pending[i : i + CHUNK_ROWS] for i in range(0, len(pending), CHUNK_ROWS)]
-        results = await asyncio.gather(*(run(c) for c in chunks))
+        results = await asyncio.gather(*(run(c, label, len(pending)) for c in chunks))
         for row in (r for result in results for r in result):
             stage.rows_in += 1
             if index.find(str(row["question"])) is not None:
