@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,3 +57,42 @@ def test_each_row_decodes_as_it_would_alone(arch: str) -> None:
 def test_row_dropping_needs_a_standard_cache() -> None:
     assert hf_decode.supports_row_dropping(_model("llama"))
     assert not hf_decode.supports_row_dropping(object())
+
+
+def _cost(spans: list[tuple[int, int]], lengths: list[int], max_new: list[int], step_cost: int) -> int:
+    return sum((e - s) * lengths[s] + step_cost * max(max_new[s:e]) for s, e in spans)
+
+
+def _all_splits(n: int, batch_size: int) -> list[list[tuple[int, int]]]:
+    if n == 0:
+        return [[]]
+    return [
+        [*head, (start, n)]
+        for start in range(max(n - batch_size, 0), n)
+        for head in _all_splits(start, batch_size)
+    ]
+
+
+def test_plan_batches_finds_the_cheapest_split() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        n = int(rng.integers(1, 8))
+        lengths = sorted((int(x) for x in rng.integers(1, 500, n)), reverse=True)
+        max_new = [int(x) for x in rng.integers(1, 100, n)]
+        step_cost = int(rng.integers(0, 200))
+        spans = hf_decode.plan_batches(lengths, max_new, batch_size=3, step_cost=step_cost)
+        assert spans[0][0] == 0 and spans[-1][1] == n
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+        assert all(0 < e - s <= 3 for s, e in spans)
+        best = min(_cost(split, lengths, max_new, step_cost) for split in _all_splits(n, 3))
+        assert _cost(spans, lengths, max_new, step_cost) == best
+
+
+def test_a_long_prompt_is_not_padded_into_a_batch_of_short_ones() -> None:
+    lengths = [500] + [30] * 125
+    cpu = hf_decode.plan_batches(lengths, [96] * 126, batch_size=64, step_cost=40)
+    assert cpu[0] == (0, 1)
+    gpu = hf_decode.plan_batches(lengths, [96] * 126, batch_size=64, step_cost=10_000)
+    assert len(gpu) == 2  # padding is cheap there: as few batches as batch_size allows
+    with pytest.raises(ValueError):
+        hf_decode.plan_batches([1, 2], [1, 1], batch_size=4, step_cost=1)

@@ -212,8 +212,14 @@ class TransformersBackend:
         rows = sorted(
             (row for p in pending if p.error is None for row in p.rows), key=lambda r: -len(r.prompt_ids)
         )
-        for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start : start + self.batch_size]
+        spans = hf_decode.plan_batches(
+            [len(row.prompt_ids) for row in rows],
+            [row.max_new for row in rows],
+            batch_size=self.batch_size,
+            step_cost=hf_decode.STEP_COST_TOKENS.get(self.device, hf_decode.STEP_COST_TOKENS_OTHER),
+        )
+        for start, end in spans:
+            chunk = rows[start:end]
             await self._worker.run(functools.partial(self._run_chunk, chunk, pending))
             for i in sorted({row.index for row in chunk}):
                 remaining[i] -= sum(1 for row in chunk if row.index == i)
