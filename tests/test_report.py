@@ -230,6 +230,17 @@ def test_a_fact_question_leaf_counts_facts_not_rounds(run_copy: Path) -> None:
     assert not re.search(r"\d rounds?,", summary.group(0))
 
 
+def test_sentences_without_a_training_question_are_listed(run_copy: Path) -> None:
+    path = run_copy / "data" / "stats.json"
+    stats = json.loads(path.read_text())
+    unasked = ["The largest lake is Lake Tennet & it is deep."]
+    stats["leaves"][0].update(facts=7, fact_sentences=9, unasked_facts=unasked)
+    path.write_text(json.dumps(stats))
+    html = render_report(run_copy).read_text()
+    assert "7 from fact questions on 8 of 9 sentences" in html
+    assert "<li>The largest lake is Lake Tennet &amp; it is deep.</li>" in html
+
+
 def test_partial_run_after_validation(tmp_path: Path) -> None:
     run_dir = tmp_path / "fresh"
     run_dir.mkdir()

@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from labalign.config import load_settings
 from labalign.llm.types import LLMRequest
 from labalign.sdg.blocks import BlockContext, SimilarityBlockConfig, run_block
-from labalign.sdg.driver import leaf_inputs
+from labalign.sdg.driver import funnel_table, leaf_inputs
 from labalign.sdg.facts import FACT_ID, fact_examples, fact_rows, paragraphs, sentences
 from labalign.sdg.generate import GenerateOptions, generate
 from labalign.sdg.pipeline import builtin_pipeline
@@ -202,3 +203,34 @@ def test_sentences_without_a_question_are_asked_again_with_new_seeds(tmp_path: P
     assert {r["fact"] for r in retried} == teacher.facts
     assert all(r[ROW_ID].split("/")[-3] == "r1" for r in retried)
     assert all(len(seeds) == 2 for fact, seeds in teacher.failed.items() if fact in teacher.facts)
+
+
+class _NeverAsked(ScriptedTeacher):
+    """Writes an unparseable "question" about `fact` in every round."""
+
+    def __init__(self, fact: str) -> None:
+        super().__init__()
+        self.fact = fact
+
+    def answer(self, request: LLMRequest) -> str:
+        text = prompt_text(request).rstrip()
+        if text.endswith("[Question]") and text[text.rindex("[Fact]") :].startswith(f"[Fact]\n{self.fact}"):
+            return "no question here\n"
+        return super().answer(request)
+
+
+def test_sentences_left_without_a_question_are_counted_and_named(tmp_path: Path) -> None:
+    s = load_settings(overrides={"sdg.max_chunks": 1})
+    jobs = leaf_inputs(load_leaves([EXAMPLES], ValidationOptions(check_documents=False)), s)
+    job = next(j for j in jobs if j.leaf.kind == "knowledge")
+    rows = fact_rows(job.leaf, job.chunks, seed=1, examples_per_prompt=3)
+    teacher = _NeverAsked(rows[1]["fact"])
+    options = GenerateOptions(samples_per_leaf=2, seed=1, knowledge_qa=False, document_records=False)
+    result = asyncio.run(generate([job], teacher=teacher, out_dir=tmp_path, options=options))
+    stats = result.leaves[0].stats
+    assert stats.fact_sentences == len(rows) and stats.unasked_facts == [rows[1]["fact"]]
+    written = json.loads((tmp_path / "stats.json").read_text())["leaves"][0]
+    assert written["unasked_facts"] == [rows[1]["fact"]]
+    table = Console(width=200, record=True)
+    table.print(funnel_table(json.loads((tmp_path / "stats.json").read_text())))
+    assert f"on {len(rows) - 1} of {len(rows)} sentences" in table.export_text()

@@ -398,6 +398,8 @@ def _funnel(stats: Any) -> dict[str, Any]:
                 "heldout": int(leaf.get("heldout", 0)),
                 "rounds": leaf.get("rounds"),
                 "facts": leaf.get("facts"),
+                "fact_sentences": leaf.get("fact_sentences"),
+                "unasked_facts": [str(f) for f in leaf.get("unasked_facts") or []],
                 "teacher_calls": leaf.get("teacher_calls"),
                 "teacher_tokens": leaf.get("teacher_tokens"),
                 "dropped_total": dropped_total,

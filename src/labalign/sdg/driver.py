@@ -164,7 +164,7 @@ def funnel_table(stats: dict[str, Any]) -> Table:
             "",
             str(leaf["kept"]),
             "kept for training"
-            + (f" ({leaf['facts']} fact questions)" if leaf.get("facts") else "")
+            + (f" ({leaf['facts']} fact questions{_sentences_asked(leaf)})" if leaf.get("facts") else "")
             + f", {leaf['heldout']} held out, {leaf['rounds']} rounds, "
             f"{leaf['teacher_calls']} teacher calls",
         )
@@ -172,6 +172,13 @@ def funnel_table(stats: dict[str, Any]) -> Table:
             why = ", ".join(f"{k} {v}" for k, v in stage["dropped"].items() if v)
             table.add_row(Text("  " + stage["block"]), str(stage["in"]), str(stage["out"]), Text(why))
     return table
+
+
+def _sentences_asked(leaf: dict[str, Any]) -> str:
+    total = int(leaf.get("fact_sentences") or 0)  # absent in stats.json written before it was counted
+    if not total:
+        return ""
+    return f" on {total - len(leaf.get('unasked_facts') or [])} of {total} sentences"
 
 
 def empty_leaf_warnings(stats: dict[str, Any]) -> list[str]:

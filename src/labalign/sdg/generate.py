@@ -273,6 +273,8 @@ async def _fact_questions(
         pending = [facts.retry_row(r, round_no + 1) for r in rows if r[facts.FACT_ID] not in covered]
         if not pending:
             break
+    ctx.stats.fact_sentences = len(rows)
+    ctx.stats.unasked_facts = [str(r["fact"]) for r in rows if r[facts.FACT_ID] not in covered]
     return kept
 
 

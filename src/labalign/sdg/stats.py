@@ -35,6 +35,8 @@ class LeafStats:
     heldout: int = 0
     rounds: int = 0
     facts: int = 0  # of `kept`: fact questions (knowledge leaves)
+    fact_sentences: int = 0  # document sentences asked about
+    unasked_facts: list[str] = field(default_factory=list)  # sentences left without a kept question
 
     def stage(self, block: str) -> StageCount:
         if block not in self.stages:
@@ -50,5 +52,7 @@ class LeafStats:
             "kept": self.kept,
             "heldout": self.heldout,
             "facts": self.facts,
+            "fact_sentences": self.fact_sentences,
+            "unasked_facts": self.unasked_facts,
             "stages": [s.as_dict() for s in self.stages.values()],
         }
