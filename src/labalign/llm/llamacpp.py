@@ -15,6 +15,7 @@ one SDG block is evaluated once, not once per interleaved leaf. Answers do not d
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import threading
@@ -23,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 from jinja2 import nodes
@@ -88,8 +89,17 @@ class LlamaCppBackend:
     """A GGUF model behind the `Backend` interface, run by llama.cpp on this machine."""
 
     def __init__(
-        self, model_path: Path, *, n_ctx: int | None = None, n_threads: int | None = None, seed: int = 0
+        self,
+        model_path: Path,
+        *,
+        n_ctx: int | None = None,
+        n_threads: int | None = None,
+        seed: int = 0,
+        order: Literal["shared_prefix", "arrival"] = "shared_prefix",
     ) -> None:
+        """`order="arrival"` answers each caller's requests one after another, callers interleaved as
+        they come (labalign's order before the shared-prefix one; see
+        benchmarks/llamacpp_request_order.py)."""
         try:
             import llama_cpp
         except ImportError as exc:
@@ -134,6 +144,7 @@ class LlamaCppBackend:
         self._waiting: list[_Waiting] = []  # appended on the event loop, taken on the worker
         self._waiting_lock = threading.Lock()
         self._arrivals = itertools.count()
+        self._order = order
 
     # -- Backend interface -------------------------------------------------------------------------
 
@@ -150,6 +161,8 @@ class LlamaCppBackend:
     ) -> list[LLMResult]:
         if self._worker.closed:
             raise RuntimeError("the model backend is closed")
+        if self._order == "arrival":
+            return await self._generate_in_arrival_order(requests, on_result)
         loop = asyncio.get_running_loop()
         jobs = [_Waiting(request, next(self._arrivals), loop.create_future()) for request in requests]
         with self._waiting_lock:
@@ -167,6 +180,17 @@ class LlamaCppBackend:
                 self._waiting = [job for job in self._waiting if job not in jobs]
             await asyncio.gather(*turns, return_exceptions=True)
         return [job.result.result() for job in jobs]
+
+    async def _generate_in_arrival_order(
+        self, requests: Sequence[LLMRequest], on_result: ResultCallback | None
+    ) -> list[LLMResult]:
+        results: list[LLMResult] = []
+        for request in requests:
+            result = await self._worker.run(functools.partial(self._prepare_and_answer, request))
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+        return results
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
         params = request.params
@@ -317,6 +341,9 @@ class LlamaCppBackend:
             "repeat_penalty": 1.0,
             "stop": list(stops),
         }
+
+    def _prepare_and_answer(self, request: LLMRequest) -> LLMResult:
+        return self._answer(request, self._prepare(request))
 
     def _answer(
         self, request: LLMRequest, prepared: tuple[list[int], tuple[str, ...]] | LLMError
