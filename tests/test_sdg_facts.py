@@ -14,10 +14,10 @@ from labalign.llm.types import LLMRequest
 from labalign.sdg.blocks import BlockContext, SimilarityBlockConfig, run_block
 from labalign.sdg.driver import funnel_table, leaf_inputs
 from labalign.sdg.facts import FACT_ID, fact_examples, fact_rows, paragraphs, sentences
-from labalign.sdg.generate import GenerateOptions, generate
+from labalign.sdg.generate import GenerateOptions, GenerateResult, LeafInput, generate
 from labalign.sdg.pipeline import builtin_pipeline
 from labalign.sdg.prompts import PromptLibrary
-from labalign.sdg.rows import ROW_ID
+from labalign.sdg.rows import ROW_ID, Row
 from labalign.sdg.stats import LeafStats
 from labalign.taxonomy import ValidationOptions, load_leaves
 from tests.sdg_fakes import ScriptedTeacher, prompt_text
@@ -165,12 +165,14 @@ def test_without_knowledge_qa_the_knowledge_leaf_gets_fact_questions_only(tmp_pa
     assert all(len(leaf.train) == 2 for leaf in skills)  # skills are not affected
 
 
-class _FirstRoundFails(ScriptedTeacher):
-    """Writes an unparseable "question" for both choices of the first round about `facts`."""
+class _FailsFor(ScriptedTeacher):
+    """Writes an unparseable "question" about `facts` for the first `failures` sampling seeds of each
+    (2: both choices of the first round), or always (None)."""
 
-    def __init__(self, facts: set[str]) -> None:
+    def __init__(self, facts: set[str], failures: int | None = 2) -> None:
         super().__init__()
         self.facts = facts
+        self.failures = failures
         self.failed: dict[str, set[int | None]] = {}
 
     def answer(self, request: LLMRequest) -> str:
@@ -178,20 +180,30 @@ class _FirstRoundFails(ScriptedTeacher):
         if "[Fact]" in text and text.endswith("[Question]"):
             fact = text[text.rindex("[Fact]") + len("[Fact]") : text.rindex("[Question]")].strip()
             seeds = self.failed.setdefault(fact, set())
-            if fact in self.facts and (len(seeds) < 2 or request.params.seed in seeds):
+            fresh = self.failures is None or len(seeds) < self.failures
+            if fact in self.facts and (fresh or request.params.seed in seeds):
                 seeds.add(request.params.seed)
                 return "no question here\n"
         return super().answer(request)
 
 
-def test_sentences_without_a_question_are_asked_again_with_new_seeds(tmp_path: Path) -> None:
+def _facts_of_one_chunk() -> tuple[LeafInput, list[Row]]:
+    """The example knowledge leaf's first chunk, and its fact rows."""
     s = load_settings(overrides={"sdg.max_chunks": 1})
     jobs = leaf_inputs(load_leaves([EXAMPLES], ValidationOptions(check_documents=False)), s)
     job = next(j for j in jobs if j.leaf.kind == "knowledge")
-    rows = fact_rows(job.leaf, job.chunks, seed=1, examples_per_prompt=3)
-    teacher = _FirstRoundFails({rows[0]["fact"], rows[2]["fact"]})
+    return job, fact_rows(job.leaf, job.chunks, seed=1, examples_per_prompt=3)
+
+
+def _generate_facts(job: LeafInput, teacher: ScriptedTeacher, out: Path) -> GenerateResult:
     options = GenerateOptions(samples_per_leaf=2, seed=1, knowledge_qa=False, document_records=False)
-    result = asyncio.run(generate([job], teacher=teacher, out_dir=tmp_path, options=options))
+    return asyncio.run(generate([job], teacher=teacher, out_dir=out, options=options))
+
+
+def test_sentences_without_a_question_are_asked_again_with_new_seeds(tmp_path: Path) -> None:
+    job, rows = _facts_of_one_chunk()
+    teacher = _FailsFor({rows[0]["fact"], rows[2]["fact"]})
+    result = _generate_facts(job, teacher, tmp_path)
     # Both first-round choices about two sentences failed: those two were asked again (2 rows more),
     # with new seeds, and every sentence ends up with a question.
     stats = result.leaves[0].stats
@@ -205,28 +217,9 @@ def test_sentences_without_a_question_are_asked_again_with_new_seeds(tmp_path: P
     assert all(len(seeds) == 2 for fact, seeds in teacher.failed.items() if fact in teacher.facts)
 
 
-class _NeverAsked(ScriptedTeacher):
-    """Writes an unparseable "question" about `fact` in every round."""
-
-    def __init__(self, fact: str) -> None:
-        super().__init__()
-        self.fact = fact
-
-    def answer(self, request: LLMRequest) -> str:
-        text = prompt_text(request).rstrip()
-        if text.endswith("[Question]") and text[text.rindex("[Fact]") :].startswith(f"[Fact]\n{self.fact}"):
-            return "no question here\n"
-        return super().answer(request)
-
-
 def test_sentences_left_without_a_question_are_counted_and_named(tmp_path: Path) -> None:
-    s = load_settings(overrides={"sdg.max_chunks": 1})
-    jobs = leaf_inputs(load_leaves([EXAMPLES], ValidationOptions(check_documents=False)), s)
-    job = next(j for j in jobs if j.leaf.kind == "knowledge")
-    rows = fact_rows(job.leaf, job.chunks, seed=1, examples_per_prompt=3)
-    teacher = _NeverAsked(rows[1]["fact"])
-    options = GenerateOptions(samples_per_leaf=2, seed=1, knowledge_qa=False, document_records=False)
-    result = asyncio.run(generate([job], teacher=teacher, out_dir=tmp_path, options=options))
+    job, rows = _facts_of_one_chunk()
+    result = _generate_facts(job, _FailsFor({rows[1]["fact"]}, failures=None), tmp_path)
     stats = result.leaves[0].stats
     assert stats.fact_sentences == len(rows) and stats.unasked_facts == [rows[1]["fact"]]
     written = json.loads((tmp_path / "stats.json").read_text())["leaves"][0]
