@@ -136,6 +136,14 @@ def test_waiting_requests_are_taken_by_shared_prefix_and_answered_as_alone(backe
     assert [r.request for r in results] == [a1, b, a2]
     assert answered == [a1, a2, b]
     assert [r.text for r in results] == [alone[id(r)] for r in (a1, b, a2)]
+    # Only the oldest SCHEDULING_WINDOW waiting requests are candidates: with 1, arrival order.
+    from labalign.llm import llamacpp
+
+    answered.clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(llamacpp, "SCHEDULING_WINDOW", 1)
+        asyncio.run(ask())
+    assert answered == [a1, b, a2]
 
 
 def test_context_length_error_is_per_request(backend: Backend) -> None:

@@ -40,12 +40,14 @@ from labalign.llm.local_queue import SerialWorker, derive_seed
 from labalign.llm.resolve import LLAMA_CPP_HINT
 from labalign.llm.types import Choice, LLMCallError, LLMError, LLMRequest, LLMResult, Message, ResultCallback
 
+# Context used when none is given, capped by the model's own: the KV cache of a 32k context would cost
+# hundreds of MB for little use in SDG prompts.
 DEFAULT_N_CTX = 8192
 # Prompts are evaluated in blocks of this many tokens at positions that are multiples of it, and a
 # cached prefix is reused only in whole blocks (see `_reuse_whole_blocks`).
 PREFILL_BLOCK = 64
-"""Context used when none is given, capped by the model's own: the KV cache of a 32k context would cost
-hundreds of MB for little use in SDG prompts."""
+# How many of the oldest waiting requests the worker chooses among.
+SCHEDULING_WINDOW = 256
 
 _load_lock = threading.Lock()
 
@@ -279,13 +281,15 @@ class LlamaCppBackend:
     def _answer_next(self) -> None:
         """One worker turn: answer the waiting request that reuses the most of the model's state."""
         with self._waiting_lock:
-            waiting = list(self._waiting)
+            # The oldest few only: a turn stays cheap with thousands waiting, and none waits forever.
+            waiting = self._waiting[:SCHEDULING_WINDOW]
         if not waiting:
             return  # its caller gave up (cancelled) and took its requests back
         for job in waiting:
             if job.prepared is None:
                 job.prepared = self._prepare(job.request)
-        job = max(waiting, key=lambda j: (self._reusable_tokens(j.prepared), -j.arrival))
+        held = np.asarray(self._llm.input_ids[: self._llm.n_tokens])
+        job = max(waiting, key=lambda j: (self._reusable_tokens(j.prepared, held), -j.arrival))
         with self._waiting_lock:
             if job not in self._waiting:  # withdrawn meanwhile: leave this turn unused
                 return
@@ -294,17 +298,18 @@ class LlamaCppBackend:
         result = self._answer(job.request, job.prepared)
         job.result.get_loop().call_soon_threadsafe(_settle, job.result, result)
 
-    def _reusable_tokens(self, prepared: tuple[list[int], tuple[str, ...]] | LLMError | None) -> int:
-        """Prompt tokens a request would not have to evaluate, given what the model holds now (a request
+    def _reusable_tokens(
+        self, prepared: tuple[list[int], tuple[str, ...]] | LLMError | None, held: np.ndarray
+    ) -> int:
+        """Prompt tokens a request would not have to evaluate, given the tokens the model holds (a request
         that fails before generating costs nothing, so it goes first)."""
         if not isinstance(prepared, tuple):
             return self._n_ctx
         ids = prepared[0]
-        held = self._llm.n_tokens
-        n = min(held, len(ids))
+        n = min(len(held), len(ids))
         if n == 0:
             return 0
-        same = np.asarray(self._llm.input_ids[:n]) == np.asarray(ids[:n])
+        same = held[:n] == np.asarray(ids[:n])
         common = n if same.all() else int(np.argmin(same))
         return min(common, len(ids) - 1) // PREFILL_BLOCK * PREFILL_BLOCK
 
