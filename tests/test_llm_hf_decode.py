@@ -90,9 +90,10 @@ def test_plan_batches_finds_the_cheapest_split() -> None:
 
 def test_a_long_prompt_is_not_padded_into_a_batch_of_short_ones() -> None:
     lengths = [500] + [30] * 125
-    cpu = hf_decode.plan_batches(lengths, [96] * 126, batch_size=64, step_cost=40)
+    cost = hf_decode.step_cost_tokens
+    cpu = hf_decode.plan_batches(lengths, [96] * 126, batch_size=64, step_cost=cost("cpu"))
     assert cpu[0] == (0, 1)
-    gpu = hf_decode.plan_batches(lengths, [96] * 126, batch_size=64, step_cost=10_000)
+    gpu = hf_decode.plan_batches(lengths, [96] * 126, batch_size=64, step_cost=cost("cuda:0"))
     assert len(gpu) == 2  # padding is cheap there: as few batches as batch_size allows
     with pytest.raises(ValueError):
         hf_decode.plan_batches([1, 2], [1, 1], batch_size=4, step_cost=1)

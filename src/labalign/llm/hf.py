@@ -216,7 +216,7 @@ class TransformersBackend:
             [len(row.prompt_ids) for row in rows],
             [row.max_new for row in rows],
             batch_size=self.batch_size,
-            step_cost=hf_decode.STEP_COST_TOKENS.get(self.device, hf_decode.STEP_COST_TOKENS_OTHER),
+            step_cost=hf_decode.step_cost_tokens(self.device),
         )
         for start, end in spans:
             chunk = rows[start:end]

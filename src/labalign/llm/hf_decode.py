@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -93,6 +94,11 @@ STEP_COST_TOKENS = {"cpu": 90}
 STEP_COST_TOKENS_OTHER = 10_000
 
 
+def step_cost_tokens(device: str) -> int:
+    """`STEP_COST_TOKENS` for a torch device string such as "cpu" or "cuda:0"."""
+    return STEP_COST_TOKENS.get(device.split(":")[0], STEP_COST_TOKENS_OTHER)
+
+
 def plan_batches(
     prompt_lengths: Sequence[int], max_new: Sequence[int], *, batch_size: int, step_cost: int
 ) -> list[tuple[int, int]]:
@@ -106,15 +112,14 @@ def plan_batches(
     n = len(prompt_lengths)
     if any(a < b for a, b in itertools.pairwise(prompt_lengths)):
         raise ValueError("prompt_lengths must be sorted longest first")
-    best = [0] * (n + 1)  # best[j]: the least cost of rows [0, j)
+    best = [0.0] + [math.inf] * n  # best[j]: the least cost of rows [0, j)
     cut = [0] * (n + 1)
     for j in range(1, n + 1):
         steps = 0
-        best[j] = -1
         for i in range(j - 1, max(j - batch_size, 0) - 1, -1):
             steps = max(steps, max_new[i])
             cost = best[i] + (j - i) * prompt_lengths[i] + step_cost * steps
-            if best[j] < 0 or cost < best[j]:
+            if cost < best[j]:
                 best[j], cut[j] = cost, i
     spans: list[tuple[int, int]] = []
     j = n

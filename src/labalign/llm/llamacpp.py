@@ -178,8 +178,9 @@ class LlamaCppBackend:
                 if on_result is not None:
                     on_result(result)
         finally:
+            mine = set(jobs)  # by identity (eq=False)
             with self._waiting_lock:  # a cancelled or failed caller's unanswered requests are dropped
-                self._waiting = [job for job in self._waiting if job not in jobs]
+                self._waiting = [job for job in self._waiting if job not in mine]
             await asyncio.gather(*turns, return_exceptions=True)
         return [job.result.result() for job in jobs]
 
