@@ -12,6 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from labalign.train.attention import PACKED_SDPA
+from labalign.train.attention import register as register_packed_sdpa
 from labalign.train.model import CausalLMLoss, Student
 from labalign.train.packing import IGNORE, build_pack, epoch_order, pack_step, steps_of
 from labalign.train.tokenize import TokenizedData
@@ -98,8 +100,11 @@ def test_filler_block_changes_nothing() -> None:
     assert float(a) == pytest.approx(float(b), rel=1e-6)
 
 
-def _loss_module(arch: str) -> CausalLMLoss:
+def _loss_module(arch: str, attn: str = "sdpa") -> CausalLMLoss:
     model = tiny_model(arch, seed=3)
+    if attn == PACKED_SDPA:
+        register_packed_sdpa()
+    model.set_attn_implementation(attn)
     model.config.use_cache = False
     model.train()  # no dropout in these configs; train mode is what the trainer runs
     return CausalLMLoss(Student(model, None, None, source=None), chunk_tokens=7)  # type: ignore[arg-type]
@@ -113,12 +118,14 @@ def _loss_and_grads(module: CausalLMLoss, fn: Callable[[], torch.Tensor]) -> tup
     return float(loss.detach()), grads
 
 
+@pytest.mark.parametrize("attn", ["sdpa", PACKED_SDPA])
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_packed_batch_equals_samples_one_by_one(arch: str) -> None:
+def test_packed_batch_equals_samples_one_by_one(arch: str, attn: str) -> None:
     """fp32: a packed row of 4 samples gives the loss and gradients of running them separately (and
     of the model's own loss with labels, an independent reference). Gemma 3's sliding window (8) is
-    shorter than the samples, so both local and global attention layers are exercised."""
-    module = _loss_module(arch)
+    shorter than the samples, so both local and global attention layers are exercised; PACKED_SDPA
+    runs them one SDPA call per sample."""
+    module = _loss_module(arch, attn)
     lengths = [13, 5, 21, 9]
     data = _data(lengths, vocab=module.causal_lm[0].config.vocab_size)
     total = int(data.target_counts().sum())
@@ -155,11 +162,12 @@ def test_packed_batch_equals_samples_one_by_one(arch: str) -> None:
         torch.testing.assert_close(grads_p[name], grads_hf[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("attn", ["sdpa", PACKED_SDPA])
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_no_attention_across_sample_boundaries(arch: str) -> None:
+def test_no_attention_across_sample_boundaries(arch: str, attn: str) -> None:
     """Changing the first sample of a pack changes none of the second sample's hidden states; the
     same pack with continuous positions (plain causal attention) does leak, so the probe can fail."""
-    module = _loss_module(arch)
+    module = _loss_module(arch, attn)
     data = _data([10, 12], vocab=module.causal_lm[0].config.vocab_size, seed=5)
     pack = build_pack(data, [0, 1])
     other = pack.input_ids.clone()

@@ -8,6 +8,7 @@ gradient. Only positions that carry a target are projected at all: prompts cost 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,12 +64,17 @@ def default_chunk_tokens(vocab_size: int) -> int:
     return max(ROW_BUCKET, min(8192, tokens // ROW_BUCKET * ROW_BUCKET))
 
 
-def _logits(h: torch.Tensor, w: torch.Tensor, spec: HeadSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits of a chunk (in the matmul dtype when there is no transform), and tanh for softcapping."""
-    logits = h @ w.T
-    if spec.bias is None and spec.scale == 1.0 and spec.softcap is None:
-        return logits, None  # log_softmax upcasts on the fly: no separate fp32 copy
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+def _logits(
+    h: torch.Tensor, w: torch.Tensor, spec: HeadSpec, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits of a chunk, at least fp32 (written into `out` when given), and tanh for softcapping."""
+    dtype = torch.promote_types(h.dtype, torch.float32)
+    if out is not None and h.dtype == dtype:
+        logits = torch.mm(h, w.T, out=out)
+    elif out is not None:
+        logits = out.copy_(h @ w.T)  # the matmul ran in the autocast dtype; the softmax is fp32
+    else:
+        logits = (h @ w.T).to(dtype)
     if spec.bias is not None:
         logits += spec.bias.to(logits.dtype)
     if spec.scale != 1.0:
@@ -76,8 +82,30 @@ def _logits(h: torch.Tensor, w: torch.Tensor, spec: HeadSpec) -> tuple[torch.Ten
     tanh = None
     if spec.softcap is not None:
         tanh = torch.tanh(logits / spec.softcap)
-        logits = tanh * spec.softcap
+        torch.mul(tanh, spec.softcap, out=logits)
     return logits, tanh
+
+
+class _Buffers(threading.local):
+    """One logits buffer per thread, reused across chunks and steps on CPU. A fresh 256 MB tensor is
+    fresh pages from the OS, faulted in and zeroed on first write: with Gemma 3 270M on 2 AVX2 cores the
+    head's 256-row matmul ran at 71 GFLOP/s into a new tensor and 94 into a reused one. (GPU allocators
+    cache blocks already.)"""
+
+    def __init__(self) -> None:
+        self.logits: torch.Tensor | None = None
+
+    def get(self, rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        if device.type != "cpu":
+            return None
+        buf = self.logits
+        if buf is None or buf.dtype != dtype or buf.numel() < rows * cols:
+            self.logits = buf = None  # freed before the next one is allocated
+            self.logits = buf = torch.empty(rows * cols, dtype=dtype)
+        return buf[: rows * cols].view(rows, cols)
+
+
+_BUFFERS = _Buffers()
 
 
 def _pad_rows(h: torch.Tensor) -> torch.Tensor:
@@ -102,7 +130,7 @@ def _significant_columns(grads: torch.Tensor, targets: torch.Tensor, eps: float)
     """
     if eps <= 0:
         return None
-    keep = (grads >= eps).any(0)
+    keep = grads.amax(0) >= eps  # one pass, no (rows x vocabulary) bool tensor
     keep[targets] = True
     cols = keep.nonzero().squeeze(1)
     if cols.numel() > grads.shape[1] * MAX_KEPT_FRACTION:
@@ -155,17 +183,18 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 tgt = targets[start : start + chunk]
                 rows = len(tgt)
                 h = _pad_rows(h)
-                logits, tanh = _logits(h, w, spec)
-                # One fused pass to fp32 log-probabilities (the softmax is never done in bf16).
-                logp = torch.log_softmax(
-                    logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)
-                )
-                del logits
-                total -= logp[:rows].gather(1, tgt[:, None]).sum()
+                out = _BUFFERS.get(h.shape[0], w.shape[0], acc_dtype, h.device)
+                logits, tanh = _logits(h, w, spec, out)
+                # log-softmax and softmax in place, in fp32 (never bf16): logits - max, then exp.
+                logits -= logits.amax(1, keepdim=True)
+                shifted_target = logits[:rows].gather(1, tgt[:, None]).squeeze(1)
+                exps = logits.exp_()
+                sums = exps.sum(1, keepdim=True)
+                total += (sums[:rows].squeeze(1).log() - shifted_target).sum()
                 if not need_any:
                     continue
-                # d(sum CE)/d(logits) = softmax - onehot, computed in place over the log-probabilities.
-                grad = logp.exp_()
+                # d(sum CE)/d(logits) = softmax - onehot.
+                grad = exps.div_(sums)
                 grad[torch.arange(rows, device=grad.device), tgt] -= 1.0
                 grad[rows:] = 0.0  # padding rows contribute nothing
                 if tanh is not None:

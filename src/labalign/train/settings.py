@@ -97,7 +97,9 @@ class TrainSettings(BaseModel):
         "state across them (FSDP2); ddp keeps a full copy in each; auto: fsdp on GPUs, ddp on CPU.",
     )
     attn_implementation: str | None = Field(
-        None, description="Attention kernel; unset: flash_attention_2 on GPU when installed, else sdpa."
+        None,
+        description="Attention kernel; unset: flash_attention_2 on GPU when installed, else sdpa "
+        "(on CPU one SDPA call per packed sample).",
     )
 
     @model_validator(mode="after")
