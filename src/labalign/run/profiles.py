@@ -33,7 +33,7 @@ PROFILES: dict[str, Profile] = {
         Profile(
             name="quick",
             summary="embedded 270M teacher and student on the CPU; 16 minutes on 2 cores with native bf16, "
-            "about 40 on 2 AVX2-only cores",
+            "about 30 on 2 AVX2-only cores",
             settings={
                 "sdg.samples_per_leaf": 6,
                 "sdg.heldout_fraction": 0.2,
