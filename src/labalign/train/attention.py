@@ -79,7 +79,7 @@ def packed_sdpa_forward(
     # split, not slicing: its backward is one concatenation, where each slice's backward would fill a
     # zeroed tensor of the whole row (that made the per-sample path as slow as the masked row).
     outputs = []
-    for q, k, v in zip(*(x.split(lengths, dim=2) for x in (query, key, value)), strict=True):
+    for q, k, v in zip(*(torch.split(x, lengths, dim=2) for x in (query, key, value)), strict=True):
         length = q.shape[2]
         padded = -(-length // PAD_TO) * PAD_TO
         if padded != length:  # causal: the padding at the end is in no real query's view
