@@ -4,8 +4,8 @@ transformers' SDPA path gives a packed row one block-diagonal mask over the whol
 kernel computes every (query, key) block of it, masked or not: a row of 8 samples of 65 tokens costs 8x
 the attention of the samples alone. Here each sample (a run of position ids from 0) is attended to
 alone, causally, with no mask unless it is longer than the layer's sliding window. Gemma 3 270M, a row
-of 8 samples (520 tokens), 18 layers forward and backward on 2 AVX2 cores: 717 ms with the row's mask,
-269 ms per sample, the same output to 4e-7.
+of 8 samples (520 tokens), 18 layers forward and backward on 2 AVX2 cores: 767 ms with the row's mask,
+354 ms per sample, the same output to 4e-7.
 
 Registered with transformers as PACKED_SDPA. Under that name transformers builds no attention mask at
 all, so the function refuses anything but a single packed row (no padding, no KV cache), which is what
