@@ -19,7 +19,7 @@ from labalign.train.loop import PhaseSpec
 from labalign.train.model import CausalLMLoss, Student, load_student, merged_state_dict
 from labalign.train.packing import build_pack, epoch_order, steps_of
 from labalign.train.trainlog import read_log
-from tests.test_train_helpers import make_records, tiny_model_dir, write_jsonl
+from tests.test_train_helpers import backward, make_records, tiny_model_dir, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +174,28 @@ def test_merged_state_dict_reproduces_the_peft_model(model_dir: Path, tmp_path: 
         got = AutoModelForCausalLM.from_pretrained(dest)(input_ids=ids).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got, AutoModelForCausalLM.from_pretrained(model_dir)(input_ids=ids).logits)
+
+
+def test_lora_layers_adapts_only_the_top_layers_and_backward_stops_below_them(
+    model_dir: Path, tmp_path: Path
+) -> None:
+
+    student = load_student(
+        model_dir, _settings(lora=True, lora_layers=1), device=torch.device("cpu"), bf16=False, seed=0
+    )
+    adapted = {name.split(".layers.")[1].split(".")[0] for name in student.trainable()}
+    assert adapted == {"1"}  # the tiny model has 2 decoder layers
+    reached: list[int] = []
+    for index, layer in enumerate(student.causal_lm.get_decoder().layers):
+        layer.register_full_backward_hook(lambda *_, i=index: reached.append(i))
+    ids = torch.tensor([[1, 5, 9, 30, 7, 8]])
+    total, _ = CausalLMLoss(student, None)(ids, torch.arange(6)[None], torch.tensor([[5, 9, 30, 7, 8, -100]]))
+    backward(total)
+    assert reached == [1]
+    with pytest.raises(LabalignError, match="lora_layers is 3 but the model has 2 decoder layers"):
+        load_student(
+            model_dir, _settings(lora=True, lora_layers=3), device=torch.device("cpu"), bf16=False, seed=0
+        )
 
 
 def test_stacked_and_evaluator_selection(model_dir: Path, data: tuple[Path, Path], tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ _SETTING_FLAGS = {
     "lora": "lora",
     "lora_rank": "lora_rank",
     "lora_alpha": "lora_alpha",
+    "lora_layers": "lora_layers",
     "merge_lora": "merge_lora",
     "bf16": "bf16",
     "gradient_checkpointing": "gradient_checkpointing",
@@ -184,6 +185,9 @@ def train(
     lora: bool = typer.Option(None, "--lora/--full", help="Train LoRA adapters, or all weights."),
     lora_rank: int = typer.Option(None, "--lora-rank", help="LoRA rank."),
     lora_alpha: int = typer.Option(None, "--lora-alpha", help="LoRA alpha."),
+    lora_layers: int = typer.Option(
+        None, "--lora-layers", help="Adapters only in the top N layers (faster backward); default all."
+    ),
     merge_lora: bool = typer.Option(
         None, "--merge-lora/--no-merge-lora", help="Merge adapters into final/ (default), or save them."
     ),

@@ -41,7 +41,7 @@ def attn_implementation(setting: str | None, device: torch.device) -> str:
         return "flash_attention_2"  # varlen kernels: packed samples cost no mask at all
     if device.type == "cpu":
         attention.register()
-        return attention.PACKED_SDPA  # one SDPA call per sample instead of a masked row (2.7x faster)
+        return attention.PACKED_SDPA  # one SDPA call per sample instead of a masked row (2.2x faster)
     return "sdpa"
 
 
@@ -111,7 +111,11 @@ def load_student(
         from peft import LoraConfig, get_peft_model
 
         names = settings.lora_target_modules
-        targets = names if names == "all-linear" else [t.strip() for t in names.split(",") if t.strip()]
+        targets: str | list[str] = (
+            names if names == "all-linear" else [t.strip() for t in names.split(",") if t.strip()]
+        )
+        if settings.lora_layers is not None:
+            targets = _in_top_layers(model, targets, settings.lora_layers, path)
         config = LoraConfig(
             r=settings.lora_rank,
             lora_alpha=settings.lora_alpha,
@@ -130,6 +134,35 @@ def load_student(
         raise LabalignError("nothing to train: every parameter is frozen", hint="check lora_target_modules")
     verify_head(student)
     return student
+
+
+def _in_top_layers(model: Any, targets: str | list[str], count: int, path: Path) -> list[str]:
+    """The full names of the target linear modules in the top `count` decoder layers. Nothing below the
+    lowest adapted layer needs a gradient, so autograd's backward ends there. (peft's own
+    layers_to_transform refuses "all-linear".)"""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    layers = int(getattr(config, "num_hidden_layers", 0))
+    if not 1 <= count <= layers:
+        raise LabalignError(
+            f"lora_layers is {count} but the model has {layers} decoder layers",
+            path=path,
+            hint=f"set train.lora_layers between 1 and {layers}, or unset it for all",
+        )
+    top = {str(i) for i in range(layers - count, layers)}
+    chosen = []
+    for name, module in model.get_decoder().named_modules():
+        parts = name.split(".")
+        if not isinstance(module, nn.Linear) or len(parts) < 3 or parts[0] != "layers" or parts[1] not in top:
+            continue
+        if targets == "all-linear" or parts[-1] in targets:
+            chosen.append(name)
+    if not chosen:
+        raise LabalignError(
+            f"no module of the top {count} layers matches lora_target_modules={targets!r}",
+            path=path,
+            hint="check lora_target_modules",
+        )
+    return chosen
 
 
 class CausalLMLoss(nn.Module):

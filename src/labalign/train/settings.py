@@ -79,6 +79,12 @@ class TrainSettings(BaseModel):
     lora_target_modules: str = Field(
         "all-linear", description="Modules that get adapters: 'all-linear' or comma-separated names."
     )
+    lora_layers: int | None = Field(
+        None,
+        ge=1,
+        description="Adapters only in the top N decoder layers (backward then stops below them: faster); "
+        "unset: all layers.",
+    )
     merge_lora: bool = Field(
         True, description="Merge adapters into the saved checkpoints (plain HF models); false: save adapters."
     )
