@@ -37,6 +37,7 @@ _SETTING_FLAGS = {
     "lora_alpha": "lora_alpha",
     "lora_layers": "lora_layers",
     "merge_lora": "merge_lora",
+    "interpolation": "interpolation",
     "bf16": "bf16",
     "gradient_checkpointing": "gradient_checkpointing",
     "freeze_embeddings": "freeze_embeddings",
@@ -141,6 +142,9 @@ def _print_summary(result: Any) -> None:
             loss,
         )
     console.print(table)
+    if result.interpolation < 1:
+        w = result.interpolation
+        console.print(f"{result.final} = base + {w:g} x (tuned - base) (train.interpolation)")
     for p in result.phases:
         data = p.data
         if data.get("dropped_long") or data.get("truncated") or data.get("dropped_unsupervised"):
@@ -190,6 +194,9 @@ def train(
     ),
     merge_lora: bool = typer.Option(
         None, "--merge-lora/--no-merge-lora", help="Merge adapters into final/ (default), or save them."
+    ),
+    interpolation: float = typer.Option(
+        None, "--interpolation", help="final/ = base + W * (tuned - base), W in (0, 1]; default 1."
     ),
     bf16: Bf16Choice = typer.Option(None, "--bf16", help="bf16 autocast: auto, on or off."),
     gradient_checkpointing: bool = typer.Option(

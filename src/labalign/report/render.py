@@ -524,6 +524,7 @@ def _training(train_dir: Path, section: Section) -> dict[str, Any]:
         "chart": chart,
         "final": str(final) if final.is_dir() else None,
         "adapter": (final / "adapter_config.json").is_file(),
+        "interpolation": summary.get("interpolation", 1.0) if isinstance(summary, dict) else 1.0,
         "heldout": any(r.get("heldout_loss") is not None for r in log),
     }
 

@@ -26,7 +26,7 @@ from labalign.train.model import Student
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-def _replace_dir(tmp: Path, dest: Path) -> None:
+def replace_dir(tmp: Path, dest: Path) -> None:
     """Move a finished temporary directory into place, replacing an older one."""
     if dest.exists():
         old = dest.with_name(dest.name + ".old")
@@ -38,7 +38,7 @@ def _replace_dir(tmp: Path, dest: Path) -> None:
         tmp.rename(dest)
 
 
-def _fresh_tmp(dest: Path) -> Path:
+def fresh_tmp(dest: Path) -> Path:
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -47,20 +47,20 @@ def _fresh_tmp(dest: Path) -> Path:
 
 def save_hf_checkpoint(dest: Path, student: Student, state_dict: dict[str, torch.Tensor]) -> None:
     """A plain HF model directory (weights from `state_dict`), with tokenizer and chat template."""
-    tmp = _fresh_tmp(dest)
+    tmp = fresh_tmp(dest)
     student.causal_lm.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
     student.tokenizer.save_pretrained(str(tmp))
-    _replace_dir(tmp, dest)
+    replace_dir(tmp, dest)
 
 
 def save_adapter(dest: Path, student: Student) -> None:
     """The LoRA adapter (peft format, over the phase's starting model) with tokenizer and template."""
     if student.peft_model is None:
         raise ValueError("not a LoRA student")
-    tmp = _fresh_tmp(dest)
+    tmp = fresh_tmp(dest)
     student.peft_model.save_pretrained(str(tmp))
     student.tokenizer.save_pretrained(str(tmp))
-    _replace_dir(tmp, dest)
+    replace_dir(tmp, dest)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -73,9 +73,9 @@ def _link_or_copy(src: str, dst: str) -> None:
 def copy_checkpoint(src: Path, dest: Path) -> None:
     """`best/` and `final/` as hard links to a step's files where possible: checkpoint files are never
     modified in place (always written anew and renamed), so sharing them is safe and costs no space."""
-    tmp = _fresh_tmp(dest)
+    tmp = fresh_tmp(dest)
     shutil.copytree(src, tmp, copy_function=_link_or_copy)
-    _replace_dir(tmp, dest)
+    replace_dir(tmp, dest)
 
 
 def rng_state() -> dict[str, Any]:
@@ -107,7 +107,7 @@ class TrainState:
 
 
 def save_train_state(dest: Path, state: TrainState) -> None:
-    tmp = _fresh_tmp(dest)
+    tmp = fresh_tmp(dest)
     tmp.mkdir()
     save_file(
         {k: v.detach().contiguous().cpu() for k, v in state.trainable.items()}, tmp / "trainable.safetensors"
@@ -117,7 +117,7 @@ def save_train_state(dest: Path, state: TrainState) -> None:
     torch.save(state.rng, tmp / "rng.pt")
     # Written last: its presence marks a complete state even if the rename were not atomic.
     (tmp / "progress.json").write_text(json.dumps(state.progress, indent=2))
-    _replace_dir(tmp, dest)
+    replace_dir(tmp, dest)
 
 
 def load_train_state(src: Path) -> TrainState:

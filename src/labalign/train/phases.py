@@ -15,6 +15,7 @@ from labalign.config import default_cache_dir
 from labalign.errors import LabalignError
 from labalign.train import checkpoint as ckpt
 from labalign.train.distributed import DistContext, barrier, broadcast_object, init_distributed, shutdown
+from labalign.train.interpolate import interpolate_checkpoint
 from labalign.train.loop import Evaluator, PhaseResult, PhaseSpec, run_phase
 from labalign.train.model import load_student, load_tokenizer
 from labalign.train.plots import plot_losses
@@ -49,6 +50,7 @@ class TrainResult:
     log: Path
     plot: Path
     summary: Path
+    interpolation: float = 1.0  # final/ = base + interpolation * (tuned - base)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +59,7 @@ class TrainResult:
             "phases": [p.as_dict() for p in self.phases],
             "log": str(self.log),
             "plot": str(self.plot),
+            "interpolation": self.interpolation,
         }
 
 
@@ -240,9 +243,10 @@ def plan_phases(
 
 
 def _finish(
-    config: TrainConfig, results: list[PhaseResult], last_spec: PhaseSpec, log_path: Path
+    config: TrainConfig, results: list[PhaseResult], last_spec: PhaseSpec, log_path: Path, base: Path
 ) -> TrainResult:
-    """final/ (the last phase's best, or its adapter), the combined plot and summary.json."""
+    """final/ (the last phase's best, interpolated toward `base` when so set, or its adapter), the
+    combined plot and summary.json."""
     final = config.out / "final"
     last = results[-1]
     if config.settings.lora and not config.settings.merge_lora:
@@ -260,12 +264,16 @@ def _finish(
             for name, param in student.trainable().items():
                 param.copy_(state.trainable[name].to(param.device, param.dtype))
         ckpt.save_adapter(final, student)
+    elif config.settings.interpolation < 1:
+        interpolate_checkpoint(base, Path(last.best_dir), final, config.settings.interpolation)
     else:
         ckpt.copy_checkpoint(Path(last.best_dir), final)
     plot = config.out / "loss.png"
     plot_losses(read_log(log_path), plot, phases=[r.phase for r in results])
     summary = config.out / "summary.json"
-    result = TrainResult(config.out, final, results, log_path, plot, summary)
+    result = TrainResult(
+        config.out, final, results, log_path, plot, summary, interpolation=config.settings.interpolation
+    )
     ckpt.write_json(summary, result.as_dict())
     return result
 
@@ -372,7 +380,9 @@ def _train_in(
                 ckpt.write_json(done, result.as_dict())
             barrier(ctx)
         log.close()
-        final: TrainResult | None = _finish(config, results, phases[-1][0], log_path) if ctx.is_main else None
+        final: TrainResult | None = (
+            _finish(config, results, phases[-1][0], log_path, model_path) if ctx.is_main else None
+        )
         barrier(ctx)
     finally:
         log.close()
@@ -384,6 +394,7 @@ def _train_in(
             log_path,
             config.out / "loss.png",
             config.out / "summary.json",
+            interpolation=config.settings.interpolation,
         )
     return final
 

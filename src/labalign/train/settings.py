@@ -88,6 +88,13 @@ class TrainSettings(BaseModel):
     merge_lora: bool = Field(
         True, description="Merge adapters into the saved checkpoints (plain HF models); false: save adapters."
     )
+    interpolation: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="final/ = base + w * (tuned - base) (WiSE-FT): below 1 keeps most of what was learned "
+        "with much less forgetting; 1: the tuned weights as they are.",
+    )
     bf16: Toggle = Field(
         "auto", description="bf16 autocast: auto uses it where the CPU or GPU supports it natively."
     )
@@ -115,6 +122,12 @@ class TrainSettings(BaseModel):
                 f"max_batch_tokens ({self.max_batch_tokens}) must be at least "
                 f"max_seq_len ({self.max_seq_len})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _interpolation_needs_weights(self) -> TrainSettings:
+        if self.interpolation < 1 and self.lora and not self.merge_lora:
+            raise ValueError("interpolation below 1 needs merged weights: set merge_lora, or interpolation 1")
         return self
 
     def phase_epochs(self, phase: int) -> int:
