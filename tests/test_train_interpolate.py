@@ -86,21 +86,38 @@ def test_refuses_a_base_that_is_not_where_training_started(tmp_path: Path) -> No
     weights = dict(load_file(base_dir / "model.safetensors"))
     weights["extra.weight"] = torch.zeros(2, 2)
     save_file(weights, str(tuned_dir / "model.safetensors"))
-    with pytest.raises(LabalignError, match=r"no weight 'extra\.weight'"):
+    with pytest.raises(LabalignError, match=r"has no weight 'extra\.weight'"):
         interpolate_checkpoint(base_dir, tuned_dir, tmp_path / "out", 0.5)
 
     wider = tiny_model(tie=False, hidden_size=64).state_dict()
     wider = {k: v.contiguous() for k, v in wider.items() if k in weights}
     save_file(wider, str(tuned_dir / "model.safetensors"))
-    with pytest.raises(LabalignError, match="in the base"):
+    with pytest.raises(
+        LabalignError,
+        match=r"'model\.embed_tokens\.weight' is \(\d+, 32\) in the base model and \(\d+, 64\) tuned",
+    ):
         interpolate_checkpoint(base_dir, tuned_dir, tmp_path / "out", 0.5)
     assert not (tmp_path / "out").exists()  # nothing half-written in place
-
-    (base_dir / "model.safetensors").rename(base_dir / "weights.bin")
-    with pytest.raises(LabalignError, match="needs safetensors"):
-        interpolate_checkpoint(base_dir, tuned_dir, tmp_path / "out", 0.5)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         interpolate_checkpoint(base_dir, tuned_dir, tmp_path / "out", 0.0)
+    with pytest.raises(LabalignError, match="no safetensors"):
+        interpolate_checkpoint(base_dir, tmp_path, tmp_path / "out", 0.5)
+
+
+def test_a_base_without_safetensors_is_read_through_transformers(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    base_dir = tiny_model_dir(tmp_path / "base")
+    tuned = _tuned_copy(base_dir, tmp_path / "tuned")
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    (base_dir / "model.safetensors").unlink()
+    torch.save(base, base_dir / "pytorch_model.bin")  # the older format, which transformers still reads
+    assert not list(base_dir.glob("*.safetensors"))
+    interpolate_checkpoint(base_dir, tmp_path / "tuned", tmp_path / "out", 0.5)
+    mixed = _all_weights(tmp_path / "out")
+    for name, t in mixed.items():
+        torch.testing.assert_close(t, base[name] + 0.5 * (tuned[name] - base[name]))
 
 
 def test_settings_range_and_adapter_outputs() -> None:
