@@ -113,6 +113,11 @@ def test_bad_flag_combination(files: tuple[Path, Path, Path], tmp_path: Path) ->
             "512", "--max-batch-tokens", "256"]  # fmt: skip
     result = runner.invoke(_app(), args)
     assert result.exit_code == 1 and "max_batch_tokens" in result.output and "flags" in result.output
+    assert "setting 'train':" in result.output  # a rule across settings, not one field
+    adapter = [*args[:7], "--lora", "--no-merge-lora", "--interpolation", "0.5"]
+    result = runner.invoke(_app(), adapter)
+    assert result.exit_code == 1 and "needs merged weights" in result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_relaunch_args_repeat_the_command_without_nproc(

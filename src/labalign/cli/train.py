@@ -86,10 +86,8 @@ def _train_settings(ctx: typer.Context, flags: dict[str, Any]) -> tuple[Any, Pat
         return TrainSettings(**data), s.cache_dir
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "train"
-        raise ConfigError(
-            f"setting 'train.{where}': {err['msg']}", hint="check the command-line flags"
-        ) from exc
+        where = ".".join(["train", *(str(p) for p in err["loc"])])  # no loc: a rule across settings
+        raise ConfigError(f"setting '{where}': {err['msg']}", hint="check the command-line flags") from exc
 
 
 def _relaunch_args(ctx: typer.Context) -> list[str]:
