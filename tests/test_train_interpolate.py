@@ -1,9 +1,8 @@
-"""Weight interpolation of final/ toward the base (WiSE-FT): exact weights, shards, refusals, and
-the trainer writing it."""
+"""Weight interpolation of final/ toward the base (WiSE-FT): exact weights, shards, refusals, a base
+read through transformers, the setting's range (the trainer writing final/ so: test_train_run.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,9 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from labalign.errors import LabalignError
-from labalign.train import TrainConfig, TrainSettings, train
+from labalign.train import TrainSettings
 from labalign.train.interpolate import interpolate_checkpoint
-from tests.test_train_helpers import make_records, tiny_model, tiny_model_dir, write_jsonl
+from tests.test_train_helpers import tiny_model, tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -127,40 +126,3 @@ def test_settings_range_and_adapter_outputs() -> None:
     with pytest.raises(ValidationError, match="merged weights"):
         TrainSettings(lora=True, merge_lora=False, interpolation=0.5)
     assert TrainSettings(lora=True, merge_lora=False).interpolation == 1.0
-
-
-def test_trainer_writes_final_between_base_and_last_best(base_dir: Path, tmp_path: Path) -> None:
-    p1 = write_jsonl(tmp_path / "p1.jsonl", make_records(24, seed=1))
-    p2 = write_jsonl(tmp_path / "p2.jsonl", make_records(16, seed=2))
-    settings = TrainSettings(
-        lora=True,
-        lora_rank=4,
-        batch_size=8,
-        epochs=1,
-        max_seq_len=256,
-        max_batch_tokens=256,
-        learning_rate=3e-3,
-        bf16="off",
-        holdout_fraction=0.0,
-        interpolation=0.5,
-    )
-    out = tmp_path / "run"
-    result = train(
-        TrainConfig(
-            model=str(base_dir),
-            out=out,
-            phase1=p1,
-            phase2=p2,
-            settings=settings,
-            cache_dir=tmp_path / "cache",
-            show_progress=False,
-        )
-    )
-    base = _all_weights(base_dir)
-    best = _all_weights(out / "phase2" / "best")  # phase 2 started from phase 1's best: base is the start
-    final = _all_weights(result.final)
-    assert any(not torch.equal(base[k], best[k]) for k in base)
-    for name in base:
-        torch.testing.assert_close(final[name], base[name] + 0.5 * (best[name] - base[name]))
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["interpolation"] == 0.5 and result.interpolation == 0.5

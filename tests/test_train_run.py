@@ -155,6 +155,19 @@ def test_lora_merged_and_adapter_outputs(model_dir: Path, data: tuple[Path, Path
     torch.testing.assert_close(from_adapter, from_merged, rtol=1e-4, atol=1e-4)
 
 
+def test_interpolated_final_lies_between_base_and_last_best(
+    model_dir: Path, data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    settings = _settings(lora=True, epochs=1, save_every=None, lora_rank=4, batch_size=16, interpolation=0.5)
+    out = tmp_path / "run"
+    result = _run(model_dir, data, out, settings=settings)
+    base, best, final = _weights(model_dir), _weights(out / "phase2" / "best"), _weights(result.final)
+    assert any(not torch.equal(base[k], best[k]) for k in base)  # phase 2 went on from phase 1's best
+    for name in base:
+        torch.testing.assert_close(final[name], base[name] + 0.5 * (best[name] - base[name]))
+    assert json.loads((out / "summary.json").read_text())["interpolation"] == 0.5 == result.interpolation
+
+
 def test_merged_state_dict_reproduces_the_peft_model(model_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
