@@ -75,8 +75,9 @@ PROFILES: dict[str, Profile] = {
                 "train.holdout_fraction": 0.0,
                 # final/ three quarters of the way from the base to the tuned weights (WiSE-FT): on the
                 # same trained run (runs/s9a) general-text perplexity 11.6x -> 3.8x the base's, held-out
-                # knowledge +0.091 -> +0.097 F1, skills +0.50/+0.19 -> +0.45/+0.17; at 0.5 knowledge
-                # fell to +0.037 (CI reaching below zero).
+                # knowledge +0.091 -> +0.097 F1, skills +0.50/+0.19 -> +0.45/+0.17; with training seed 1
+                # (runs/s12) 9.8x -> 3.4x, knowledge +0.116 -> +0.141, skills +0.47/+0.14 -> +0.47/+0.11.
+                # At 0.5 knowledge fell to +0.037 (CI reaching below zero).
                 "train.interpolation": 0.75,
             },
             evals=("branch", "forgetting"),

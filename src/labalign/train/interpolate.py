@@ -5,7 +5,8 @@ fit the new data; stepping part of the way back keeps most of what was learned a
 base knew. On the quick profile (the same trained run, runs/s9a, re-merged at each w; token F1 on the
 100 held-out knowledge questions, 95% CI; general-text perplexity as a multiple of the base's):
 w 1.0: +0.091 [+0.025, +0.157], 11.6x; w 0.75: +0.097 [+0.033, +0.158], 3.8x; w 0.5: +0.037
-[-0.020, +0.091], 1.7x. Skills lost a little at 0.75 (+0.501 -> +0.450, +0.185 -> +0.173).
+[-0.020, +0.091], 1.7x. Skills lost a little at 0.75 (+0.501 -> +0.450, +0.185 -> +0.173). With
+training seed 1 (runs/s12): w 1.0: +0.116 [+0.047, +0.185], 9.8x; w 0.75: +0.141 [+0.079, +0.207], 3.4x.
 """
 
 from __future__ import annotations
