@@ -100,7 +100,7 @@ def _mix_file(path: Path, base: _BaseWeights, tmp: Path, weight: float) -> int:
             mixed[name] = t
             continue
         changed += 1
-        b32 = b.float()
-        mixed[name] = (b32 + weight * (t.float() - b32)).to(t.dtype).contiguous()
+        t32 = t.float()  # tuned + (1 - w)(base - tuned): exactly the tuned weight at w = 1
+        mixed[name] = (t32 + (1 - weight) * (b.float() - t32)).to(t.dtype).contiguous()
     save_file(mixed, str(tmp / path.name), metadata={"format": "pt"})
     return changed
