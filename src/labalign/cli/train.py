@@ -38,6 +38,13 @@ _SETTING_FLAGS = {
     "lora_layers": "lora_layers",
     "merge_lora": "merge_lora",
     "interpolation": "interpolation",
+    "replay_data": "replay_data",
+    "replay_ratio": "replay_ratio",
+    "replay_ce": "replay_ce",
+    "kl_weight": "kl_weight",
+    "kl_top_k": "kl_top_k",
+    "general_validation": "general_validation",
+    "forgetting_budget": "forgetting_budget",
     "bf16": "bf16",
     "gradient_checkpointing": "gradient_checkpointing",
     "freeze_embeddings": "freeze_embeddings",
@@ -81,6 +88,7 @@ def _train_settings(ctx: typer.Context, flags: dict[str, Any]) -> tuple[Any, Pat
     data = base.model_dump() if isinstance(base, TrainSettings) else {}
     for flag, value in flags.items():
         if value is not None:
+            value = str(value) if isinstance(value, Path) else value
             data[_SETTING_FLAGS[flag]] = value.value if isinstance(value, Enum) else value
     try:
         return TrainSettings(**data), s.cache_dir
@@ -195,6 +203,30 @@ def train(
     ),
     interpolation: float = typer.Option(
         None, "--interpolation", help="final/ = base + W * (tuned - base), W in (0, 1]; default 1."
+    ),
+    replay_data: Path = typer.Option(
+        None,
+        "--replay-data",
+        help="General data to replay in each phase (messages or pretraining JSONL), e.g. the base "
+        "model's own text or your instruction data.",
+    ),
+    replay_ratio: float = typer.Option(
+        None, "--replay-ratio", help="Replay tokens per token of each phase's own data (0: no replay)."
+    ),
+    replay_ce: bool = typer.Option(
+        None, "--replay-ce/--no-replay-ce", help="Train the replay text with cross-entropy (default on)."
+    ),
+    kl_weight: float = typer.Option(
+        None, "--kl-weight", help="Weight of KL(base || tuned) on the replay tokens (0: off)."
+    ),
+    kl_top_k: int = typer.Option(None, "--kl-top-k", help="Base tokens per position kept for the KL."),
+    general_validation: float = typer.Option(
+        None, "--general-validation", help="Share of the replay text held out to measure drift (0.1)."
+    ),
+    forgetting_budget: float = typer.Option(
+        None,
+        "--forgetting-budget",
+        help="Largest general-text perplexity ratio to the base a phase's chosen checkpoint may have.",
     ),
     bf16: Bf16Choice = typer.Option(None, "--bf16", help="bf16 autocast: auto, on or off."),
     gradient_checkpointing: bool = typer.Option(

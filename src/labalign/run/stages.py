@@ -130,8 +130,9 @@ def train(ctx: RunContext) -> dict[str, Any]:
         shutil.rmtree(out)  # checkpoints of other data or settings must not be resumed
     data = ctx.run_dir / DATA
     phase1, phase2 = _phase_file(data / "phase1.jsonl"), _phase_file(data / "phase2.jsonl")
+    replay, replay_summary = _general_replay(ctx)
     if ctx.nproc > 1:
-        _train_processes(ctx, out, phase1, phase2)
+        _train_processes(ctx, out, phase1, phase2, replay)
     else:
         from labalign.train import TrainConfig
         from labalign.train import train as run_training
@@ -142,31 +143,64 @@ def train(ctx: RunContext) -> dict[str, Any]:
                 out=out,
                 phase1=phase1,
                 phase2=phase2,
+                replay=replay,
                 settings=ctx.settings.train,
                 resume=True,  # a no-op on an empty folder; continues an interrupted attempt
                 cache_dir=ctx.settings.cache_dir,
             )
         )
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    keys = ("phase", "steps", "samples", "tokens", "seconds", "heldout_loss", "best_step", "general_ratio")
     return {
         "final": str(out / "final"),
-        "phases": [
-            {
-                k: p.get(k)
-                for k in ("phase", "steps", "samples", "tokens", "seconds", "heldout_loss", "best_step")
-            }
-            for p in summary.get("phases", [])
-        ],
+        "phases": [{k: p.get(k) for k in keys} for p in summary.get("phases", [])],
+        **({"general_replay": replay_summary} if replay_summary else {}),
     }
 
 
-def _train_processes(ctx: RunContext, out: Path, phase1: Path | None, phase2: Path | None) -> None:
+def _general_replay(ctx: RunContext) -> tuple[Path | None, dict[str, Any]]:
+    """The general replay file training mixes in: the user's (train.replay_data), or text the base
+    student writes itself from labalign's openings, cached per machine (a second run asks nothing)."""
+    s = ctx.settings.train
+    if s.replay_ratio <= 0:
+        return None, {}
+    if s.replay_data:
+        return Path(s.replay_data).expanduser(), {"source": s.replay_data}
+    from labalign.sdg.general_replay import ReplayOptions, generate_general_replay
+    from labalign.train.phases import resolve_model
+
+    cache_dir = ctx.settings.cache_dir
+    path = ctx.run_dir / DATA / "general_replay.jsonl"
+    options = ReplayOptions(
+        samples_per_opening=s.general_replay_samples,
+        max_tokens=s.general_replay_tokens,
+        seed=ctx.settings.sdg.seed,
+    )
+    with phase_progress(ctx.console) as on_progress:
+        summary = generate_general_replay(
+            resolve_model(ctx.student, cache_dir),
+            path,
+            cache_path=cache_dir / "general-replay.sqlite",
+            options=options,
+            batch_size=ctx.settings.llm.local_batch_size,
+            on_progress=lambda done, total: on_progress("general replay: the base's own text", done, total),
+        )
+    ctx.console.print(
+        f"general replay: {summary['records']} texts by the base student ({summary['hits']} from the cache)",
+        highlight=False,
+    )
+    return path, {"source": "base model", **summary}
+
+
+def _train_processes(
+    ctx: RunContext, out: Path, phase1: Path | None, phase2: Path | None, replay: Path | None
+) -> None:
     """`labalign train --nproc N` in child processes (torch.distributed.run), with this run's settings."""
     config = ctx.run_dir / "settings.yaml"
     config.write_text(settings_as_yaml(ctx.settings), encoding="utf-8")
     args = [sys.executable, "-m", "labalign", "--config", str(config), "train", "--model", ctx.student]
     args += ["--out", str(out), "--resume", "--nproc", str(ctx.nproc)]
-    for flag, path in (("--phase1", phase1), ("--phase2", phase2)):
+    for flag, path in (("--phase1", phase1), ("--phase2", phase2), ("--replay-data", replay)):
         if path is not None:
             args += [flag, str(path)]
     code = subprocess.call(args)

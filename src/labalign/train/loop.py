@@ -29,6 +29,7 @@ from labalign.train.distributed import (
     gather_objects,
     parallelism,
 )
+from labalign.train.general import GeneralValidation
 from labalign.train.model import CausalLMLoss, Student, bf16_enabled, load_student, merged_state_dict
 from labalign.train.packing import build_pack, epoch_order, pack_step, steps_of
 from labalign.train.plots import plot_losses
@@ -51,6 +52,8 @@ class PhaseSpec:
     heldout: TokenizedData | None
     evaluator: Evaluator | None = None
     data_stats: TokenStats = field(default_factory=TokenStats)
+    general: GeneralValidation | None = None  # held-out general text: drift from the base per checkpoint
+    replay: dict[str, int] = field(default_factory=dict)  # general replay mixed into `train`
 
 
 @dataclass
@@ -67,6 +70,8 @@ class PhaseResult:
     train_samples: int
     heldout_samples: int
     data: dict[str, int] = field(default_factory=dict)
+    general_ratio: float | None = None  # the best checkpoint's general-text perplexity / the base's
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every checkpoint and its scores
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,7 +141,7 @@ class PhaseRunner:
         self.student: Student = load_student(
             spec.start_model, settings, device=ctx.device, bf16=self.bf16, seed=settings.seed + spec.index
         )
-        self.loss_module = CausalLMLoss(self.student, settings.loss_chunk_tokens)
+        self.loss_module = CausalLMLoss(self.student, settings.loss_chunk_tokens, settings.kl_weight)
         self.model: nn.Module = self.loss_module
         self.mode = parallelism(settings.distributed, ctx)
         if self.mode == "fsdp":
@@ -173,6 +178,8 @@ class PhaseRunner:
             "best_step": None,
             "best_heldout_loss": None,
             "best_score": None,
+            "best_general_ratio": None,
+            "candidates": [],
             "world_size": ctx.world_size,
             "parallelism": self.mode,
         }
@@ -180,7 +187,7 @@ class PhaseRunner:
         # CPU kernels (oneDNN) cache per matmul shape; GPUs gain nothing from padding.
         self.pad_to = 64 if ctx.device.type == "cpu" else 1
         self.lengths = spec.train.lengths()
-        self.target_counts = spec.train.target_counts()
+        self.target_counts = spec.train.loss_counts()  # CE targets + anchored positions
         if resume:
             self._restore()
 
@@ -244,7 +251,14 @@ class PhaseRunner:
             sync_ctx = no_sync() if (no_sync is not None and not last) else nullcontext()
             with sync_ctx:
                 with self._autocast():
-                    loss_sum, _ = self.model(batch.input_ids, batch.position_ids, batch.targets)
+                    loss_sum, _ = self.model(
+                        batch.input_ids,
+                        batch.position_ids,
+                        batch.targets,
+                        batch.kl_index,
+                        batch.kl_ids,
+                        batch.kl_logp,
+                    )
                 (loss_sum * scale).backward()
             local += loss_sum.detach().double()
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.settings.max_grad_norm)
@@ -255,9 +269,9 @@ class PhaseRunner:
         return loss, float(grad_norm)
 
     @torch.no_grad()
-    def heldout_loss(self) -> float | None:
-        """Mean loss per target over the held-out samples (sharded over ranks)."""
-        data = self.spec.heldout
+    def heldout_loss(self, data: TokenizedData | None = None) -> float | None:
+        """Mean loss per target over the held-out samples, or over `data` (sharded over ranks)."""
+        data = self.spec.heldout if data is None else data
         if data is None or not len(data):
             return None
         per_rank = pack_step(
@@ -299,14 +313,21 @@ class PhaseRunner:
         (and a judge's sampling) does not change the training that follows."""
         rng = gather_objects(self.ctx, ckpt.rng_state())
         heldout = self.heldout_loss()
+        general = self.spec.general
+        general_loss = self.heldout_loss(general.data) if general is not None else None
+        ratio = general.ratio(general_loss) if general is not None and general_loss is not None else None
         step = int(self.progress["step"])
         full, optimizer_state = self._full_states()
         if self.ctx.is_main:
             hf_dir = self.ckpt_root / f"step-{step}"
             ckpt.save_hf_checkpoint(hf_dir, self.student, merged_state_dict(self.student, full))
             score = float(self.spec.evaluator(hf_dir)) if self.spec.evaluator is not None else None
-            if self._is_better(heldout, score):
-                self.progress.update(best_step=step, best_heldout_loss=heldout, best_score=score)
+            candidate = {"step": step, "heldout_loss": heldout, "score": score, "general_ratio": ratio}
+            self.progress["candidates"] = [*self.progress.get("candidates", []), candidate]
+            if self._is_better(heldout, score, ratio):
+                self.progress.update(
+                    best_step=step, best_heldout_loss=heldout, best_score=score, best_general_ratio=ratio
+                )
                 ckpt.copy_checkpoint(hf_dir, self.best_dir)
                 ckpt.write_json(self.phase_dir / "best.json", {"step": step})
             self.log.write(
@@ -316,6 +337,7 @@ class PhaseRunner:
                     "step": step,
                     "heldout_loss": heldout,
                     "score": score,
+                    "general_ratio": ratio,
                     "best_step": self.progress["best_step"],
                 }
             )
@@ -341,9 +363,18 @@ class PhaseRunner:
         ckpt.set_rng_state(rng[self.ctx.rank])
         barrier(self.ctx)
 
-    def _is_better(self, heldout: float | None, score: float | None) -> bool:
+    def _is_better(self, heldout: float | None, score: float | None, ratio: float | None = None) -> bool:
         if self.progress["best_step"] is None:
             return True
+        budget = self.settings.forgetting_budget
+        if budget is not None and ratio is not None:
+            # Within the forgetting budget first; among checkpoints over it, the least drifted.
+            best_ratio = self.progress.get("best_general_ratio")
+            fits, best_fits = ratio <= budget, best_ratio is not None and best_ratio <= budget
+            if fits != best_fits:
+                return fits
+            if not fits:
+                return best_ratio is None or ratio < best_ratio
         if score is not None:
             best = self.progress["best_score"]
             return best is None or score > best
@@ -425,7 +456,10 @@ class PhaseRunner:
                 "dropped_long": stats.dropped_long,
                 "truncated": stats.truncated,
                 "dropped_unsupervised": stats.dropped_unsupervised,
+                **self.spec.replay,
             },
+            general_ratio=p.get("best_general_ratio"),
+            candidates=list(p.get("candidates", [])),
         )
 
 

@@ -145,6 +145,83 @@ def _accumulate(total: torch.Tensor, cols: torch.Tensor | None, part: torch.Tens
         total.index_add_(0, cols, part)
 
 
+@dataclass
+class HeadGrads:
+    """Gradients of a chunked head loss w.r.t. (hidden, head weight, head bias), computed in forward
+    (the loss is a scalar, so its gradient is known there) and scaled by the incoming gradient in
+    backward. Shared by the cross-entropy and the KL anchor (labalign.train.kl)."""
+
+    hidden: torch.Tensor | None
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    hidden_dtype: torch.dtype
+
+    @property
+    def any(self) -> bool:
+        return self.hidden is not None or self.weight is not None or self.bias is not None
+
+    @staticmethod
+    def for_call(
+        ctx: Any, grad_enabled: bool, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> HeadGrads:
+        # (`grad_enabled` is the caller's grad mode: an autograd forward always runs with grad mode off.)
+        need_h, need_w, need_b = (grad_enabled and bool(ctx.needs_input_grad[i]) for i in range(3))
+        grad_dtype = torch.promote_types(weight.dtype, torch.float32)
+        return HeadGrads(
+            torch.empty_like(hidden) if need_h else None,
+            torch.zeros(weight.shape, dtype=grad_dtype, device=weight.device) if need_w else None,
+            torch.zeros(weight.shape[0], dtype=grad_dtype, device=weight.device)
+            if need_b and bias is not None
+            else None,
+            hidden.dtype,
+        )
+
+    def save(self, ctx: Any, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        ctx.save_for_backward(self.hidden, self.weight, self.bias)
+        ctx.param_dtypes = (weight.dtype, bias.dtype if bias is not None else None)
+
+    @staticmethod
+    def scaled(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        w_dtype, b_dtype = ctx.param_dtypes
+        return (
+            grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None,
+            (grad_w * grad_out).to(w_dtype) if grad_w is not None else None,
+            (grad_b * grad_out).to(b_dtype) if grad_b is not None else None,
+        )
+
+
+def head_backward(
+    grad: torch.Tensor,
+    tanh: torch.Tensor | None,
+    spec: HeadSpec,
+    cols: torch.Tensor | None,
+    h: torch.Tensor,
+    w: torch.Tensor,
+    grads: HeadGrads,
+    start: int,
+    rows: int,
+) -> None:
+    """Push a chunk's d(loss)/d(logits) (`grad`, padded rows zero; modified in place) through the logit
+    transforms and the head matmuls into `grads`, over the columns `cols` only (None: all)."""
+    if tanh is not None:
+        grad *= 1.0 - tanh * tanh
+    if spec.scale != 1.0:
+        grad *= spec.scale
+    if cols is not None:
+        grad = grad.index_select(1, cols)
+        w_c = w.index_select(0, cols)
+    else:
+        w_c = w
+    if grads.bias is not None:
+        _accumulate(grads.bias, cols, grad.sum(0))
+    grad_c = grad.to(w.dtype)
+    if grads.hidden is not None:
+        grads.hidden[start : start + rows] = (grad_c @ w_c)[:rows].to(grads.hidden_dtype)
+    if grads.weight is not None:
+        _accumulate(grads.weight, cols, (grad_c.T @ h).to(grads.weight.dtype))
+
+
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -159,21 +236,12 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_enabled: bool,
         grad_filter: float,
     ) -> torch.Tensor:
-        # (`grad_enabled` is the caller's grad mode: forward itself always runs with grad mode off.)
         # No gradients under no_grad/inference_mode (evaluation): the head's weight still has
         # requires_grad there, and its gradient would cost a second vocabulary-sized matmul per chunk
         # and a zeroed fp32 copy of the head per call (perplexity of 8.6k tokens on Gemma 3 270M took
         # 263 s with them, on 2 cores).
-        need_h, need_w, need_b = (grad_enabled and bool(ctx.needs_input_grad[i]) for i in range(3))
-        need_any = need_h or need_w or need_b
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_dtype = torch.promote_types(weight.dtype, torch.float32)
-        grad_w = torch.zeros(weight.shape, dtype=grad_dtype, device=weight.device) if need_w else None
-        grad_b = (
-            torch.zeros(weight.shape[0], dtype=grad_dtype, device=weight.device)
-            if need_b and bias is not None
-            else None
-        )
+        grads = HeadGrads.for_call(ctx, grad_enabled, hidden, weight, bias)
+        need_any = grads.any
         acc_dtype = torch.promote_types(hidden.dtype, torch.float32)
         total = torch.zeros((), dtype=acc_dtype, device=hidden.device)
         w = weight.to(compute_dtype)
@@ -197,42 +265,14 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 grad = exps.div_(sums)
                 grad[torch.arange(rows, device=grad.device), tgt] -= 1.0
                 grad[rows:] = 0.0  # padding rows contribute nothing
-                if tanh is not None:
-                    grad *= 1.0 - tanh * tanh
-                if spec.scale != 1.0:
-                    grad *= spec.scale
                 cols = _significant_columns(grad[:rows], tgt, grad_filter)
-                if cols is not None:
-                    grad = grad.index_select(1, cols)
-                    w_c = w.index_select(0, cols)
-                else:
-                    w_c = w
-                if grad_b is not None:
-                    _accumulate(grad_b, cols, grad.sum(0))
-                grad_c = grad.to(compute_dtype)
-                if grad_h is not None:
-                    grad_h[start : start + rows] = (grad_c @ w_c)[:rows].to(hidden.dtype)
-                if grad_w is not None:
-                    _accumulate(grad_w, cols, (grad_c.T @ h).to(grad_dtype))
-        ctx.save_for_backward(grad_h, grad_w, grad_b)
-        ctx.param_dtypes = (weight.dtype, bias.dtype if bias is not None else None)
+                head_backward(grad, tanh, spec, cols, h, w, grads, start, rows)
+        grads.save(ctx, weight, bias)
         return total
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        grad_h, grad_w, grad_b = ctx.saved_tensors
-        w_dtype, b_dtype = ctx.param_dtypes
-        return (
-            grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None,
-            (grad_w * grad_out).to(w_dtype) if grad_w is not None else None,
-            (grad_b * grad_out).to(b_dtype) if grad_b is not None else None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        return (*HeadGrads.scaled(ctx, grad_out), None, None, None, None, None, None)
 
 
 def chunked_cross_entropy_sum(

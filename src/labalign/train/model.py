@@ -166,13 +166,16 @@ def _in_top_layers(model: Any, targets: str | list[str], count: int, path: Path)
 
 
 class CausalLMLoss(nn.Module):
-    """forward(packed batch) -> (sum of token losses, number of targets): the module DDP wraps."""
+    """forward(packed batch) -> (sum of token losses, number of loss-bearing positions): the module DDP
+    wraps. The sum is the cross-entropy of every target plus `kl_weight` x KL(base || tuned) at every
+    anchored position (labalign.train.kl), so one backward serves both."""
 
-    def __init__(self, student: Student, chunk_tokens: int | None) -> None:
+    def __init__(self, student: Student, chunk_tokens: int | None, kl_weight: float = 0.0) -> None:
         super().__init__()
         self.student_module = student.module  # registered so DDP/FSDP see the parameters
         self.causal_lm = [student.causal_lm]  # a list: not registered twice
         self.chunk_tokens = chunk_tokens
+        self.kl_weight = kl_weight
 
     def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         decoder = self.causal_lm[0].get_decoder()
@@ -181,12 +184,24 @@ class CausalLMLoss(nn.Module):
         return hidden
 
     def forward(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        targets: torch.Tensor,
+        kl_index: torch.Tensor | None = None,
+        kl_ids: torch.Tensor | None = None,
+        kl_logp: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.hidden_states(input_ids, position_ids)
-        total, count = chunked_cross_entropy_sum(
-            hidden, targets, head_spec(self.causal_lm[0]), chunk_tokens=self.chunk_tokens
-        )
+        spec = head_spec(self.causal_lm[0])
+        total, count = chunked_cross_entropy_sum(hidden, targets, spec, chunk_tokens=self.chunk_tokens)
+        if kl_index is not None and kl_ids is not None and kl_logp is not None and self.kl_weight > 0:
+            from labalign.train.kl import chunked_kl_sum
+
+            anchored = hidden.reshape(-1, hidden.shape[-1]).index_select(0, kl_index)
+            kl = chunked_kl_sum(anchored, kl_ids, kl_logp, spec, chunk_tokens=self.chunk_tokens)
+            total = total + self.kl_weight * kl.to(total.dtype)
+            count += int(kl_index.numel())
         return total, torch.tensor(count, device=total.device)
 
 

@@ -29,8 +29,16 @@ class PackedBatch:
     samples: int
     tokens: int
     target_tokens: int
+    # The KL anchor (general replay): positions of the row whose next-token distribution is anchored,
+    # and the base model's top-k there ((n,) long, (n, k) long, (n, k) float); None without anchors.
+    kl_index: torch.Tensor | None = None
+    kl_ids: torch.Tensor | None = None
+    kl_logp: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> PackedBatch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t.to(device, non_blocking=True) if t is not None else None
+
         return PackedBatch(
             self.input_ids.to(device, non_blocking=True),
             self.position_ids.to(device, non_blocking=True),
@@ -38,6 +46,9 @@ class PackedBatch:
             self.samples,
             self.tokens,
             self.target_tokens,
+            move(self.kl_index),
+            move(self.kl_ids),
+            move(self.kl_logp),
         )
 
 
@@ -48,7 +59,8 @@ def build_pack(
     filler block that has its own positions and no loss (a handful of row shapes instead of a new one
     per micro-batch: CPU kernels cache per shape). An empty list gives a filler-only row (a rank with
     nothing to do still joins the gradient all-reduce)."""
-    ids_parts, pos_parts, tgt_parts = [], [], []
+    ids_parts, pos_parts, tgt_parts, kl_parts = [], [], [], []
+    at = 0
     for i in indices:
         ids, mask = data.sample(i)
         targets = np.full(len(ids), IGNORE, dtype=np.int64)
@@ -56,6 +68,11 @@ def build_pack(
         ids_parts.append(ids)
         pos_parts.append(np.arange(len(ids), dtype=np.int64))
         tgt_parts.append(targets)
+        if data.anchors is not None:
+            lo = int(data.offsets[i])
+            active = np.flatnonzero(data.anchors.active[lo : lo + len(ids)])
+            kl_parts.append((at + active, lo + active))
+        at += len(ids)
     tokens = sum(len(p) for p in ids_parts)
     filler = max(-(-tokens // pad_to) * pad_to, 1) - tokens
     if filler:
@@ -63,6 +80,16 @@ def build_pack(
         pos_parts.append(np.arange(filler, dtype=np.int64))
         tgt_parts.append(np.full(filler, IGNORE, dtype=np.int64))
     targets_all = np.concatenate(tgt_parts)
+    kl: tuple[torch.Tensor | None, ...] = (None, None, None)
+    if data.anchors is not None and kl_parts:
+        row = np.concatenate([r for r, _ in kl_parts])
+        source = np.concatenate([src for _, src in kl_parts])
+        if len(row):
+            kl = (
+                torch.from_numpy(row.astype(np.int64)),
+                torch.from_numpy(data.anchors.ids[source].astype(np.int64)),
+                torch.from_numpy(data.anchors.logp[source]),
+            )
     return PackedBatch(
         input_ids=torch.from_numpy(np.concatenate(ids_parts)).unsqueeze(0),
         position_ids=torch.from_numpy(np.concatenate(pos_parts)).unsqueeze(0),
@@ -70,6 +97,9 @@ def build_pack(
         samples=len(indices),
         tokens=tokens,
         target_tokens=int((targets_all != IGNORE).sum()),
+        kl_index=kl[0],
+        kl_ids=kl[1],
+        kl_logp=kl[2],
     )
 
 

@@ -11,13 +11,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from labalign.config import default_cache_dir
 from labalign.errors import LabalignError
 from labalign.train import checkpoint as ckpt
+from labalign.train.anchor import BaseTargets, base_targets
 from labalign.train.distributed import DistContext, barrier, broadcast_object, init_distributed, shutdown
+from labalign.train.general import GeneralValidation, pick_replay, split_general, validation
 from labalign.train.interpolate import interpolate_checkpoint
 from labalign.train.loop import Evaluator, PhaseResult, PhaseSpec, run_phase
-from labalign.train.model import load_student, load_tokenizer
+from labalign.train.model import attn_implementation, bf16_enabled, load_student, load_tokenizer
 from labalign.train.plots import plot_losses
 from labalign.train.settings import TrainSettings
 from labalign.train.tokenize import TokenizedData, TokenStats, load_tokenized
@@ -35,6 +39,8 @@ class TrainConfig:
     out: Path
     phase1: Path | None = None
     phase2: Path | None = None
+    # General replay (pretraining or messages JSONL): mixed into each phase at settings.replay_ratio.
+    replay: Path | None = None
     settings: TrainSettings = field(default_factory=TrainSettings)
     resume: bool = False
     evaluator: Evaluator | None = None
@@ -104,7 +110,7 @@ def _run_record(config: TrainConfig, model_path: Path) -> dict[str, Any]:
 
     inputs = {
         name: {"path": str(path), "sha256": file_digest(path)}
-        for name, path in (("phase1", config.phase1), ("phase2", config.phase2))
+        for name, path in (("phase1", config.phase1), ("phase2", config.phase2), ("replay", config.replay))
         if path is not None
     }
     return {"model": str(model_path), "inputs": inputs, "settings": config.settings.model_dump(mode="json")}
@@ -157,6 +163,14 @@ def _load_data(
     """Tokenize each file once: the main process validates and fills the cache, the others read it."""
     tokenizer = load_tokenizer(model_path)
     s = config.settings
+    own = Path(s.replay_data).expanduser() if s.replay_data else None
+    replay = (config.replay or own) if s.replay_ratio > 0 else None
+    if s.replay_ratio > 0 and replay is None:
+        raise LabalignError(
+            f"replay_ratio is {s.replay_ratio} but there is no replay data",
+            hint="pass --replay-data FILE (or let `labalign run` write the base model's own text), "
+            "or set replay_ratio 0",
+        )
 
     def load() -> dict[str, TokenizedData]:
         return {
@@ -166,9 +180,9 @@ def _load_data(
                 max_seq_len=s.max_seq_len,
                 long_samples=s.long_samples,
                 cache_dir=cache_dir,
-                flag=f"--{name}",
+                flag="--replay-data" if name == "replay" else f"--{name}",
             )
-            for name, path in (("phase1", config.phase1), ("phase2", config.phase2))
+            for name, path in (("phase1", config.phase1), ("phase2", config.phase2), ("replay", replay))
             if path is not None
         }
 
@@ -179,24 +193,103 @@ def _load_data(
     return load()
 
 
+@dataclass
+class ReplayPool:
+    """General replay ready for the phases: the trainable part of the pool (with the base's anchors when
+    the KL anchor is on) and the held-out slice that measures drift."""
+
+    data: TokenizedData
+    train: list[int]
+    validation: GeneralValidation | None
+
+
+def prepare_replay(
+    config: TrainConfig, model_path: Path, replay: TokenizedData, ctx: DistContext, cache_dir: Path
+) -> ReplayPool:
+    """Split the replay pool, and compute (or read back) the base's distributions over it once."""
+    s = config.settings
+    train_idx, val_idx = split_general(replay, s.general_validation, s.seed)
+    if not train_idx:
+        raise LabalignError(
+            "the replay data has no sample left for training after the general validation split",
+            path=config.replay,
+            hint="give more replay samples or lower general_validation",
+        )
+    pool = replay.subset(range(len(replay)))
+    pool.stats = replay.stats
+    targets = None
+    if s.kl_weight > 0 or val_idx:
+        device = ctx.device
+        bf16 = bf16_enabled(s.bf16, device)
+
+        def compute() -> BaseTargets:
+            return base_targets(
+                model_path,
+                replay,
+                k=s.kl_top_k,
+                device=device,
+                bf16=bf16,
+                attn_implementation=attn_implementation(s.attn_implementation, device),
+                max_batch_tokens=s.max_batch_tokens,
+                cache_dir=cache_dir,
+            )
+
+        if ctx.distributed:
+            _on_main(ctx, lambda: bool(compute()))  # the main process fills the cache
+        targets = compute()
+    if s.kl_weight > 0 and targets is not None:
+        pool.anchors = targets.anchors(replay)
+    if not s.replay_ce:
+        pool.supervised = np.zeros_like(pool.supervised)
+    general = validation(replay, val_idx, targets.nll) if targets is not None else None
+    return ReplayPool(pool, train_idx, general)
+
+
+def _with_replay(
+    train: TokenizedData, pool: ReplayPool | None, ratio: float, seed: int, phase: int
+) -> tuple[TokenizedData, dict[str, int]]:
+    """A phase's training data with its share of general replay, and what was added."""
+    if pool is None or ratio <= 0:
+        return train, {}
+    budget = round(ratio * int(train.lengths().sum()))
+    picked = pick_replay(pool.train, pool.data.lengths(), budget, seed, phase)
+    if not picked:
+        return train, {}
+    extra = pool.data.subset(picked)
+    merged = TokenizedData.concat([train, extra])
+    return merged, {"replay_samples": len(picked), "replay_tokens": int(extra.lengths().sum())}
+
+
 def plan_phases(
-    config: TrainConfig, model_path: Path, data: dict[str, TokenizedData]
+    config: TrainConfig,
+    model_path: Path,
+    data: dict[str, TokenizedData],
+    replay: ReplayPool | None = None,
 ) -> list[tuple[PhaseSpec, list[str]]]:
     """The phases to run, each with its held-out split (phase 2 also holds out phase 1's held-out
-    samples it replays, so the knowledge split stays unseen). Phase 2 starts from phase 1's best."""
+    samples it replays, so the knowledge split stays unseen) and its share of general replay (never
+    held out: it is not the phase's to judge). Phase 2 starts from phase 1's best."""
     s = config.settings
+    general = replay.validation if replay is not None else None
+
+    def mixed(train: TokenizedData, phase: int) -> tuple[TokenizedData, dict[str, int]]:
+        return _with_replay(train, replay, s.replay_ratio, s.seed, phase)
+
     if s.strategy == "stacked":
         parts = [data[n] for n in ("phase1", "phase2") if n in data]
         merged = TokenizedData.concat(parts)
         train_idx, held_idx = split_heldout(merged, s.holdout_fraction, s.seed)
+        train, added = mixed(merged.subset(train_idx), 0)
         spec = PhaseSpec(
             "stacked",
             0,
             model_path,
-            merged.subset(train_idx),
+            train,
             merged.subset(held_idx) if held_idx else None,
             config.evaluator,
             _stats_sum([p.stats for p in parts]),
+            general,
+            added,
         )
         return [(spec, [])]
     specs: list[tuple[PhaseSpec, list[str]]] = []
@@ -206,14 +299,17 @@ def plan_phases(
         d1 = data["phase1"]
         train_idx, held_idx = split_heldout(d1, s.holdout_fraction, s.seed)
         held1_keys = {d1.keys[i] for i in held_idx}
+        train1, added1 = mixed(d1.subset(train_idx), 1)
         spec1 = PhaseSpec(
             "phase1",
             1,
             model_path,
-            d1.subset(train_idx),
+            train1,
             d1.subset(held_idx) if held_idx else None,
             None,
             d1.stats,
+            general,
+            added1,
         )
         specs.append((spec1, ["phase2"]))
         start = config.out / "phase1" / "best"
@@ -229,14 +325,17 @@ def plan_phases(
                 path=config.phase2,
                 hint="add samples or lower --holdout-fraction",
             )
+        train2, added2 = mixed(d2.subset(train_idx), 2)
         spec2 = PhaseSpec(
             "phase2",
             2,
             start,
-            d2.subset(train_idx),
+            train2,
             d2.subset(held_idx) if held_idx else None,
             config.evaluator,
             d2.stats,
+            general,
+            added2,
         )
         specs.append((spec2, []))
     return specs
@@ -349,7 +448,10 @@ def _train_in(
         ckpt.write_json(config.out / RUN_FILE, record)
 
     _on_main(ctx, prepare_out)
-    phases = plan_phases(config, model_path, data)
+    replay = (
+        prepare_replay(config, model_path, data.pop("replay"), ctx, cache_dir) if "replay" in data else None
+    )
+    phases = plan_phases(config, model_path, data, replay)
     log_path = config.out / "training_log.jsonl"
     log = LogWriter(log_path if ctx.is_main else None)
     results: list[PhaseResult] = []

@@ -95,6 +95,57 @@ class TrainSettings(BaseModel):
         description="final/ = base + w * (tuned - base) (WiSE-FT): below 1 keeps most of what was learned "
         "with much less forgetting; 1: the tuned weights as they are.",
     )
+    replay_ratio: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="General replay mixed into each phase: replay tokens per token of the phase's own "
+        "data (0: none). Needs replay data: a run writes the base student's own text; train --replay-data.",
+    )
+    replay_data: str | None = Field(
+        None,
+        description="Your own general data to replay (messages or pretraining JSONL, InstructLab's "
+        "precomputed-skills role); unset: in `labalign run`, text written by the base student itself.",
+    )
+    general_replay_samples: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Without replay_data, `labalign run` has the base student continue each of labalign's "
+        "125 general openings this many times (sampled at temperature 1, cached per machine).",
+    )
+    general_replay_tokens: int = Field(
+        160, ge=16, le=4096, description="Longest continuation of an opening, in tokens."
+    )
+    replay_ce: bool = Field(
+        True, description="Train the replay text with cross-entropy (plain replay); off: KL anchor only."
+    )
+    kl_weight: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="Weight of KL(base || tuned) on the replay tokens: the tuned model's next-token "
+        "distribution is anchored to the base's there (0: off; needs replay_ratio > 0).",
+    )
+    kl_top_k: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Base tokens per position kept for the KL anchor (the rest is one tail).",
+    )
+    general_validation: float = Field(
+        0.1,
+        ge=0,
+        lt=0.5,
+        description="Share of the replay text held out to measure each checkpoint's general-text "
+        "perplexity against the base's (never trained on; not the forgetting check's text).",
+    )
+    forgetting_budget: float | None = Field(
+        None,
+        ge=1,
+        description="Largest general-text perplexity ratio (tuned / base, on the held-out replay text) a "
+        "checkpoint may have to be chosen as a phase's best; unset: no limit.",
+    )
     bf16: Toggle = Field(
         "auto", description="bf16 autocast: auto uses it where the CPU or GPU supports it natively."
     )
@@ -128,6 +179,14 @@ class TrainSettings(BaseModel):
     def _interpolation_needs_weights(self) -> TrainSettings:
         if self.interpolation < 1 and self.lora and not self.merge_lora:
             raise ValueError("interpolation below 1 needs merged weights: set merge_lora, or interpolation 1")
+        return self
+
+    @model_validator(mode="after")
+    def _replay_trains_something(self) -> TrainSettings:
+        if self.kl_weight > 0 and self.replay_ratio == 0:
+            raise ValueError("kl_weight anchors the replay tokens: set replay_ratio above 0 as well")
+        if self.replay_ratio > 0 and not self.replay_ce and self.kl_weight == 0:
+            raise ValueError("replay with neither replay_ce nor kl_weight trains nothing: turn one on")
         return self
 
     def phase_epochs(self, phase: int) -> int:

@@ -45,6 +45,29 @@ class TokenStats:
 
 
 @dataclass
+class Anchors:
+    """The base model's next-token distribution at each token of a TokenizedData (labalign.train.anchor):
+    its top-k tokens and their log-probabilities, and which positions the KL anchor applies to."""
+
+    ids: npt.NDArray[np.int32]  # (T, k)
+    logp: npt.NDArray[np.float32]  # (T, k)
+    active: BoolArray  # (T,) position t's distribution of token t+1 is anchored
+
+    @property
+    def k(self) -> int:
+        return int(self.ids.shape[1])
+
+    def take(self, index: IntArray) -> Anchors:
+        return Anchors(self.ids[index], self.logp[index], self.active[index])
+
+    @staticmethod
+    def empty(tokens: int, k: int) -> Anchors:
+        return Anchors(
+            np.zeros((tokens, k), np.int32), np.zeros((tokens, k), np.float32), np.zeros(tokens, np.bool_)
+        )
+
+
+@dataclass
 class TokenizedData:
     """Samples as one flat token array plus offsets (cheap to cache, slice and pack)."""
 
@@ -54,6 +77,7 @@ class TokenizedData:
     ids: list[str]
     keys: list[str]  # content hashes, for the held-out split
     stats: TokenStats = field(default_factory=TokenStats)
+    anchors: Anchors | None = None  # the KL anchor's targets (general replay), per token
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -71,21 +95,46 @@ class TokenizedData:
         first = self.supervised[self.offsets[:-1]].astype(np.int64)
         return counts - first
 
+    def anchor_counts(self) -> IntArray:
+        """Positions per sample whose next-token distribution is anchored to the base's (KL)."""
+        if self.anchors is None or not len(self):
+            return np.zeros(len(self), np.int64)
+        return np.add.reduceat(self.anchors.active.astype(np.int64), self.offsets[:-1])
+
+    def loss_counts(self) -> IntArray:
+        """Loss-bearing positions per sample: cross-entropy targets plus anchored positions."""
+        return self.target_counts() + self.anchor_counts()
+
     def subset(self, indices: Sequence[int]) -> TokenizedData:
-        pieces = [self.sample(i) for i in indices]
-        lengths = np.array([len(p[0]) for p in pieces], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        spans = [(int(self.offsets[i]), int(self.offsets[i + 1])) for i in indices]
+        index = np.concatenate([np.arange(lo, hi) for lo, hi in spans]) if spans else np.zeros(0, np.int64)
+        lengths = np.array([hi - lo for lo, hi in spans], dtype=np.int64)
         return TokenizedData(
-            input_ids=np.concatenate([p[0] for p in pieces]) if pieces else np.zeros(0, np.int64),
-            supervised=np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, np.bool_),
-            offsets=offsets,
+            input_ids=self.input_ids[index],
+            supervised=self.supervised[index],
+            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
             ids=[self.ids[i] for i in indices],
             keys=[self.keys[i] for i in indices],
+            anchors=self.anchors.take(index) if self.anchors is not None else None,
         )
 
     @staticmethod
     def concat(parts: Sequence[TokenizedData]) -> TokenizedData:
         all_indices = [(p, i) for p in parts for i in range(len(p))]
+        ks = {p.anchors.k for p in parts if p.anchors is not None}
+        anchors = None
+        if ks:
+            k = ks.pop()
+            if ks:
+                raise ValueError("parts anchored with different top-k")
+            pieces = [
+                p.anchors if p.anchors is not None else Anchors.empty(len(p.input_ids), k) for p in parts
+            ]
+            anchors = Anchors(
+                np.concatenate([a.ids for a in pieces]),
+                np.concatenate([a.logp for a in pieces]),
+                np.concatenate([a.active for a in pieces]),
+            )
         merged = TokenizedData(
             input_ids=np.concatenate([p.input_ids for p in parts]),
             supervised=np.concatenate([p.supervised for p in parts]),
@@ -94,6 +143,7 @@ class TokenizedData:
             ),
             ids=[p.ids[i] for p, i in all_indices],
             keys=[p.keys[i] for p, i in all_indices],
+            anchors=anchors,
         )
         return merged
 

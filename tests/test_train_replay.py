@@ -1,0 +1,243 @@
+"""General replay in training: the mix per phase, the KL anchor's base targets, the held-out drift
+measure, selection within a forgetting budget, and the settings' rules."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from labalign.errors import LabalignError
+from labalign.llm.chat_template import DEFAULT_CHAT_TEMPLATE
+from labalign.train import TrainConfig, TrainSettings, train
+from labalign.train.anchor import compute_base_targets
+from labalign.train.data import read_samples
+from labalign.train.general import pick_replay, split_general, validation
+from labalign.train.packing import build_pack
+from labalign.train.tokenize import TokenizedData, tokenize_samples
+from labalign.train.trainlog import read_log
+from tests.test_train_helpers import (
+    WORDS,
+    make_records,
+    tiny_model,
+    tiny_model_dir,
+    tiny_tokenizer,
+    write_jsonl,
+)
+
+
+def _replay_records(openings: int, per: int, *, seed: int = 3) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    return [
+        {
+            "id": f"opening-{o:03d}-{i}",
+            "messages": [{"role": "pretraining", "content": " ".join(rng.choice(WORDS) for _ in range(20))}],
+            "metadata": {"source": "general_replay"},
+            "unmask": False,
+        }
+        for o in range(openings)
+        for i in range(per)
+    ]
+
+
+def _tokenized(tmp_path: Path, records: list[dict[str, Any]], tokenizer: Any = None) -> TokenizedData:
+    path = write_jsonl(tmp_path / "r.jsonl", records)
+    tokenizer = tokenizer or tiny_tokenizer(DEFAULT_CHAT_TEMPLATE)
+    return tokenize_samples(read_samples(path), tokenizer, max_seq_len=256, long_samples="drop")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("data")
+    return {
+        "phase1": write_jsonl(root / "p1.jsonl", make_records(24, seed=1)),
+        "phase2": write_jsonl(root / "p2.jsonl", make_records(16, seed=2)),
+        "replay": write_jsonl(root / "replay.jsonl", _replay_records(10, 2)),
+    }
+
+
+def _settings(**overrides: Any) -> TrainSettings:
+    base: dict[str, Any] = dict(
+        batch_size=8,
+        epochs=2,
+        max_seq_len=256,
+        max_batch_tokens=256,
+        warmup_steps=1,
+        learning_rate=3e-3,
+        bf16="off",
+        holdout_fraction=0.0,
+        replay_ratio=0.5,
+        kl_weight=1.0,
+    )
+    base.update(overrides)
+    return TrainSettings(**base)
+
+
+def _train(model_dir: Path, files: dict[str, Path], out: Path, settings: TrainSettings) -> Any:
+    return train(
+        TrainConfig(
+            model=str(model_dir),
+            out=out,
+            phase1=files["phase1"],
+            phase2=files["phase2"],
+            replay=files["replay"],
+            settings=settings,
+            cache_dir=out.parent / "cache",
+            show_progress=False,
+        )
+    )
+
+
+def test_split_keeps_an_opening_on_one_side_and_is_seeded(tmp_path: Path) -> None:
+    data = _tokenized(tmp_path, _replay_records(20, 3))
+    train_idx, val_idx = split_general(data, 0.2, seed=5)
+    assert len(val_idx) == 4 * 3 and len(train_idx) == 16 * 3
+    group = {data.ids[i].rsplit("-", 1)[0] for i in val_idx}
+    assert not group & {data.ids[i].rsplit("-", 1)[0] for i in train_idx}
+    assert split_general(data, 0.2, seed=5) == (train_idx, val_idx)
+    assert split_general(data, 0.2, seed=6) != (train_idx, val_idx)
+    assert split_general(data, 0.0, seed=5) == (list(range(60)), [])
+
+
+def test_pick_replay_meets_the_token_budget_and_cycles(tmp_path: Path) -> None:
+    lengths = np.array([10] * 6)
+    picked = pick_replay([0, 1, 2, 3, 4, 5], lengths, 35, seed=1, phase=1)
+    assert len(picked) == 4 and len(set(picked)) == 4
+    assert pick_replay([0, 1, 2, 3, 4, 5], lengths, 35, seed=1, phase=2) != picked
+    cycled = pick_replay([0, 1], lengths, 55, seed=1, phase=1)
+    assert len(cycled) == 6 and set(cycled) == {0, 1}
+    assert pick_replay([0, 1], lengths, 0, seed=1, phase=1) == []
+
+
+def test_base_targets_are_the_models_own_distribution(tmp_path: Path) -> None:
+    data = _tokenized(tmp_path, _replay_records(3, 2))
+    model = tiny_model().eval()
+    targets = compute_base_targets(model, data, k=5, max_batch_tokens=256, bf16=False)
+    with torch.no_grad():
+        for i in range(len(data)):
+            ids, _ = data.sample(i)
+            lo = int(data.offsets[i])
+            logits = model(input_ids=torch.tensor(ids)[None]).logits[0].double()
+            lsm = torch.log_softmax(logits, -1)
+            top = lsm.topk(5, -1)
+            np.testing.assert_allclose(targets.logp[lo : lo + len(ids)], top.values.numpy(), atol=1e-4)
+            assert (targets.ids[lo : lo + len(ids)] == top.indices.numpy()).mean() > 0.99
+            nll = -lsm[:-1].gather(1, torch.tensor(ids[1:])[:, None]).squeeze(1).numpy()
+            np.testing.assert_allclose(targets.nll[lo : lo + len(ids) - 1], nll, atol=1e-4)
+            assert targets.nll[lo + len(ids) - 1] == 0.0
+    anchors = targets.anchors(data)
+    ends = data.offsets[1:] - 1
+    assert not anchors.active[ends].any() and anchors.active.sum() == len(data.input_ids) - len(data)
+
+
+def test_pack_carries_the_anchors_of_its_samples(tmp_path: Path) -> None:
+    data = _tokenized(tmp_path, _replay_records(2, 2))
+    targets = compute_base_targets(tiny_model().eval(), data, k=3, max_batch_tokens=256, bf16=False)
+    chat = _tokenized(tmp_path / "c", make_records(2, seed=9))
+    data.anchors = targets.anchors(data)
+    mixed = TokenizedData.concat([chat, data])
+    batch = build_pack(mixed, [3, 0, 2], pad_to=64)
+    assert batch.kl_index is not None and batch.kl_ids is not None and batch.kl_logp is not None
+    lengths = mixed.lengths()
+    first = int(lengths[3]) - 1 + int(lengths[0]) - 0  # sample 3 (replay), then 0 (chat), then 2 (replay)
+    expected = list(range(int(lengths[3]) - 1)) + list(
+        range(int(lengths[3]) + int(lengths[0]), int(lengths[3]) + int(lengths[0]) + int(lengths[2]) - 1)
+    )
+    assert batch.kl_index.tolist() == expected and first > 0
+    lo = int(data.offsets[1])  # sample 3 of the mix is replay sample 1
+    assert torch.equal(batch.kl_ids[0], torch.from_numpy(targets.ids[lo].astype(np.int64)))
+    assert mixed.loss_counts()[3] == mixed.target_counts()[3] + int(lengths[3]) - 1
+    assert mixed.anchor_counts()[0] == 0
+
+
+def test_validation_slice_ratio_is_one_for_the_base(tmp_path: Path) -> None:
+    from labalign.train.model import CausalLMLoss, load_student
+
+    model_dir = tiny_model_dir(tmp_path / "m")
+    s = _settings()
+    student = load_student(model_dir, s, device=torch.device("cpu"), bf16=False, seed=0)
+    data = _tokenized(tmp_path, _replay_records(4, 2), student.tokenizer)
+    targets = compute_base_targets(student.causal_lm.eval(), data, k=4, max_batch_tokens=256, bf16=False)
+    general = validation(data, [0, 1, 5], targets.nll)
+    assert general is not None and general.data.anchors is None
+    loss = CausalLMLoss(student, None)
+    total = torch.zeros(2, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(len(general.data)):
+            b = build_pack(general.data, [i])
+            s_, c = loss(b.input_ids, b.position_ids, b.targets)
+            total += torch.tensor([float(s_), float(c)], dtype=torch.float64)
+    assert int(total[1]) == general.tokens
+    assert general.ratio(float(total[0] / total[1])) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_training_with_replay_and_kl_anchor(model_dir: Path, files: dict[str, Path], tmp_path: Path) -> None:
+    result = _train(model_dir, files, tmp_path / "run", _settings(general_validation=0.2))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for phase in summary["phases"]:
+        assert phase["data"]["replay_samples"] > 0 and phase["data"]["replay_tokens"] > 0
+        assert phase["general_ratio"] is not None and phase["general_ratio"] > 0
+        assert [c["step"] for c in phase["candidates"]] == [phase["steps"] // 2, phase["steps"]]
+        assert all(c["general_ratio"] is not None for c in phase["candidates"])
+    evals = [r for r in read_log(tmp_path / "run" / "training_log.jsonl") if r["event"] == "eval"]
+    assert all(r["general_ratio"] is not None for r in evals)
+    assert result.final.is_dir()
+    # The base's targets were cached: a second run reads them back instead of recomputing.
+    assert list((tmp_path / "cache" / "train-anchors").glob("*.npz"))
+
+
+def test_kl_anchor_keeps_the_model_closer_to_the_base(
+    model_dir: Path, files: dict[str, Path], tmp_path: Path
+) -> None:
+    def drift(name: str, **overrides: Any) -> float:
+        s = _settings(learning_rate=1e-2, epochs=3, general_validation=0.3, **overrides)
+        return float(_train(model_dir, files, tmp_path / name, s).phases[-1].general_ratio)
+
+    anchored = drift("anchored", replay_ce=False, kl_weight=4.0)
+    almost_none = drift("none", replay_ratio=0.01, kl_weight=0.0)
+    # Closer to the base either way (on these random words, learning their frequencies can also lower it).
+    assert abs(math.log(anchored)) < abs(math.log(almost_none))
+
+
+def test_forgetting_budget_picks_a_checkpoint_within_it(
+    model_dir: Path, files: dict[str, Path], tmp_path: Path
+) -> None:
+    s = _settings(learning_rate=2e-2, epochs=3, general_validation=0.3, kl_weight=0.0, replay_ratio=0.1)
+    free = _train(model_dir, files, tmp_path / "free", s)
+    ratios = [c["general_ratio"] for c in free.phases[0].candidates]
+    budget = (min(ratios) + max(ratios)) / 2
+    assert min(ratios) < budget < max(ratios)
+    held = _train(model_dir, files, tmp_path / "held", s.model_copy(update={"forgetting_budget": budget}))
+    chosen = held.phases[0]
+    within = [c for c in chosen.candidates if c["general_ratio"] <= budget]
+    assert chosen.general_ratio is not None and chosen.general_ratio <= budget
+    assert chosen.best_step == within[-1]["step"]  # no held-out split: the latest within the budget
+
+
+def test_replay_settings_rules(model_dir: Path, files: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="replay_ratio above 0"):
+        TrainSettings(kl_weight=1.0)
+    with pytest.raises(ValidationError, match="trains nothing"):
+        TrainSettings(replay_ratio=0.5, replay_ce=False)
+    config = TrainConfig(
+        model=str(model_dir),
+        out=tmp_path / "x",
+        phase1=files["phase1"],
+        settings=_settings(),
+        cache_dir=tmp_path / "cache",
+        show_progress=False,
+    )
+    with pytest.raises(LabalignError, match="no replay data"):
+        train(config)
