@@ -105,7 +105,8 @@ def test_evaluate_all_every_evaluation(fakes: dict[str, str], tmp_path: Path) ->
     assert {"tuned: answering", "base: MT-Bench turn 2", "tuned: perplexity"} <= seen
     assert json.loads((out / "results.json").read_text()) == results
     ev = results["evaluations"]
-    assert list(ev) == ["branch", "mt_bench", "forgetting", "mmlu"]
+    assert list(ev) == ["branch", "mt_bench", "forgetting", "general_knowledge", "mmlu"]
+    assert 0 <= ev["general_knowledge"]["base"] <= 1 and ev["general_knowledge"]["n"] >= 200
     assert (
         ev["branch"]["overall"]["delta"]["f1"]["mean"] > 0.5
         and ev["branch"]["overall"]["model"]["judge"] == 8.0
@@ -120,7 +121,14 @@ def test_evaluate_all_every_evaluation(fakes: dict[str, str], tmp_path: Path) ->
         assert (out / f"{name}.jsonl").read_text().count("\n") > 0
 
     html = section(out)
-    for title in ("Branch evaluation", "MT-Bench", "MMLU", "Forgetting check", "Regressions"):
+    for title in (
+        "Branch evaluation",
+        "MT-Bench",
+        "MMLU",
+        "Forgetting check",
+        "General knowledge",
+        "Regressions",
+    ):
         assert title in html
     assert len(re.findall(r'src="data:image/png;base64,', html)) == 5
     assert "general-text perplexity rose" in html and "skipped" not in html
@@ -135,11 +143,11 @@ def test_all_skips_what_cannot_run_and_single_commands_fail(fakes: dict[str, str
     ev = json.loads(result.stdout)["evaluations"]
     assert "branch" in ev and "skipped" not in ev["branch"]
     assert "needs a judge" in ev["mt_bench"]["skipped"] and "--judge" in ev["mt_bench"]["skipped"]
-    assert "--base" in ev["forgetting"]["skipped"]
+    assert "--base" in ev["forgetting"]["skipped"] and "--base" in ev["general_knowledge"]["skipped"]
     assert "huggingface-cli download cais/mmlu" in ev["mmlu"]["skipped"]
     assert json.loads((out / "mt_bench.json").read_text()) == ev["mt_bench"]
     html = section(out)
-    assert html.count("skipped: ") == 3 and "Regressions" not in html
+    assert html.count("skipped: ") == 4 and "Regressions" not in html
 
     # With a judge but no MT-Bench data: skipped in `all`, an error on its own.
     plan = suite.EvalPlan(

@@ -193,6 +193,21 @@ def forgetting_table(result: dict[str, Any]) -> Table:
     return table
 
 
+def general_knowledge_table(result: dict[str, Any]) -> Table:
+    table = Table(title="general knowledge: multiple-choice accuracy (higher is better)")
+    for name in ("subject", "base", "tuned", "n"):
+        table.add_column(name, justify="left" if name == "subject" else "right")
+    for subject, v in result["subjects"].items():
+        table.add_row(Text(subject, style="dim"), _fmt(v["base"]), _fmt(v["tuned"]), str(v["n"]))
+    table.add_row("all", _fmt(result["base"]), _fmt(result["tuned"]), str(result["n"]))
+    significant = result["ci_low"] > 0 or result["ci_high"] < 0
+    delta = {"mean": result["delta"], "significant": significant, **result}
+    table.caption = f"tuned - base {_delta_cell(delta).plain}"
+    if result["regression"]:
+        table.caption += "  REGRESSION: the whole interval is below zero"
+    return table
+
+
 def results_table(results: dict[str, Any]) -> Table:
     table = Table(title="evaluation summary")
     table.add_column("evaluation")
@@ -216,6 +231,12 @@ def results_table(results: dict[str, Any]) -> Table:
                 name,
                 f"perplexity {_fmt(summary['model']['perplexity'], 2)} vs base "
                 f"{_fmt(summary['base']['perplexity'], 2)} (x{summary['ratio']:.3f})",
+            )
+        elif name == "general_knowledge":
+            table.add_row(
+                name,
+                f"accuracy {_fmt(summary['tuned'])} vs base {_fmt(summary['base'])} "
+                f"({summary['delta']:+.3f} [{summary['ci_low']:+.3f}, {summary['ci_high']:+.3f}])",
             )
         elif name == "mmlu":
             text = f"accuracy {_fmt(summary['model'])}"
@@ -391,6 +412,33 @@ def forgetting_command(
     with _progress() as on_progress:
         result = suite.run_forgetting(plan, s, on_progress=on_progress)
     _emit(result, fmt, forgetting_table)
+
+
+@app.command("general-knowledge")
+def general_knowledge_command(
+    ctx: typer.Context,
+    model: Model,
+    base: Annotated[str, typer.Option("--base", help="The model before tuning.")],
+    questions: Annotated[
+        Path | None,
+        typer.Option("--questions", help="Multiple-choice JSONL; default: labalign's 205 questions."),
+    ] = None,
+    out: Out = DEFAULT_OUT,
+    fmt: Fmt = OutputFormat.text,
+) -> None:
+    """General knowledge kept: base and tuned accuracy on multiple-choice questions, each option scored
+    by its log-likelihood (no chat ability needed), with a paired 95% interval.
+
+    Writes general_knowledge.json to --out. Example: labalign evaluate general-knowledge --model
+    runs/x/train/final --base default
+    """
+    s = settings(ctx)
+    plan = _plan(
+        s, model=model, base=base, out=out, evals=("general-knowledge",), general_knowledge=questions
+    )
+    with _progress() as on_progress:
+        result = suite.run_general_knowledge(plan, s, on_progress=on_progress)
+    _emit(result, fmt, general_knowledge_table)
 
 
 @app.command("all")

@@ -131,6 +131,34 @@ def _check_head(model: Any, spec: Any, device: Any) -> None:
         )
 
 
+def load_scoring_model(model_dir: Path) -> tuple[Any, Any, Any, str]:
+    """(model in eval mode on the scoring device, tokenizer, its checked LM head spec, weights identity)
+    for log-likelihood scoring through the chunked head; shared with labalign.evaluate.general_knowledge."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    from labalign.llm.convert import quiet_transformers
+    from labalign.llm.hf import model_dir_identity, pick_device, pick_dtype
+    from labalign.train.loss import head_spec
+    from labalign.train.model import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    device = pick_device(None)
+    try:
+        with quiet_transformers(transformers):
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                str(model_dir), dtype=pick_dtype(device, None), local_files_only=True
+            )
+    except (OSError, ValueError) as exc:
+        raise LabalignError(f"cannot load the model: {exc}", path=model_dir) from exc
+    model.to(device).eval()
+    spec = head_spec(model)
+    with torch.no_grad():
+        _check_head(model, spec, device)
+    return model, tokenizer, spec, model_dir_identity(model_dir)
+
+
 def score(
     model_dir: Path,
     docs: Sequence[Document],
@@ -142,25 +170,12 @@ def score(
 ) -> Perplexity:
     """Per-document NLL of the model in `model_dir` (in-process, no gradients, batched)."""
     import torch
-    import transformers
-    from transformers import AutoModelForCausalLM
 
-    from labalign.llm.convert import quiet_transformers
-    from labalign.llm.hf import model_dir_identity, pick_device, pick_dtype
-    from labalign.train.loss import chunked_cross_entropy_sum, head_spec
-    from labalign.train.model import load_tokenizer
+    from labalign.train.loss import chunked_cross_entropy_sum
 
-    tokenizer = load_tokenizer(model_dir)
+    model, tokenizer, spec, identity = load_scoring_model(model_dir)
+    device = spec.weight.device
     ids = tokenize(tokenizer, docs)
-    device = pick_device(None)
-    try:
-        with quiet_transformers(transformers):
-            model: Any = AutoModelForCausalLM.from_pretrained(
-                str(model_dir), dtype=pick_dtype(device, None), local_files_only=True
-            )
-    except (OSError, ValueError) as exc:
-        raise LabalignError(f"cannot load the model: {exc}", path=model_dir) from exc
-    model.to(device).eval()
     limit = getattr(model.config.get_text_config(), "max_position_embeddings", None) or window
     size = max(2, min(window, int(limit)))
     pieces = [(d, w) for d, doc_ids in enumerate(ids) for w in windows(doc_ids, size) if len(w) > 1]
@@ -170,8 +185,6 @@ def score(
     counts = [max(0, len(doc_ids) - 1) for doc_ids in ids]
     phase = f"{label}: perplexity"
     with torch.no_grad():
-        spec = head_spec(model)
-        _check_head(model, spec, device)
         decoder = model.get_decoder()
         for start in range(0, len(pieces), batch_size):
             batch = pieces[start : start + batch_size]
@@ -197,7 +210,7 @@ def score(
     if not any(counts):
         raise LabalignError("the general text is too short to score", hint="give longer documents")
     digest = hashlib.sha256(json.dumps(ids).encode()).hexdigest()
-    return Perplexity(model_dir_identity(model_dir), nll, counts, digest)
+    return Perplexity(identity, nll, counts, digest)
 
 
 def score_cached(

@@ -22,6 +22,7 @@ EVALS: tuple[tuple[str, str], ...] = (
     ("mt_bench", "MT-Bench (single-answer grading by a judge)"),
     ("mmlu", "MMLU (lm-evaluation-harness)"),
     ("forgetting", "Forgetting check (perplexity on general text)"),
+    ("general_knowledge", "General knowledge kept (multiple choice, log-likelihood)"),
 )
 
 
@@ -222,11 +223,35 @@ def _forgetting(data: dict[str, Any], eval_dir: Path) -> str:
     return "".join(parts)
 
 
+def _general_knowledge(data: dict[str, Any], eval_dir: Path) -> str:
+    rows = [
+        [_td(subject), _cell(v["base"]), _cell(v["tuned"]), _td(str(v["n"]))]
+        for subject, v in data["subjects"].items()
+    ]
+    rows.append([_td("all"), _cell(data["base"]), _cell(data["tuned"]), _td(str(data["n"]))])
+    delta = {"mean": data["delta"], "ci_low": data["ci_low"], "ci_high": data["ci_high"]}
+    parts = [
+        _models(data.get("specs") or data.get("models", {})),
+        f"<p>{int(data['n'])} questions ({escape(str(data['dataset'].get('source', '')))}); "
+        f"{escape(str(data['metric']))}. A regression when the whole 95% interval of the change lies "
+        "below zero.</p>",
+        _table(["subject", "base accuracy", "tuned accuracy", "n"], rows),
+        _table(
+            ["tuned - base", "gained", "lost"],
+            [[_delta(delta), _td(str(data["gained"])), _td(str(data["lost"]))]],
+        ),
+    ]
+    if data["regression"]:
+        parts.append(f'<p class="flag">general knowledge lost: {data["delta"]:+.3f}</p>')
+    return "".join(parts)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any], Path], str]] = {
     "branch": _branch,
     "mt_bench": _mt_bench,
     "mmlu": _mmlu,
     "forgetting": _forgetting,
+    "general_knowledge": _general_knowledge,
 }
 
 

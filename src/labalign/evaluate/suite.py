@@ -9,7 +9,9 @@ records it as `{"skipped": reason}` and goes on; the single-evaluation functions
 Regressions flagged in `results.json`:
 - forgetting: tuned perplexity on the general text above base x (1 + threshold), threshold 10% by
   default (see `labalign.evaluate.forgetting`);
-- MT-Bench: tuned - base mean rating below zero with its whole 95% bootstrap interval.
+- MT-Bench: tuned - base mean rating below zero with its whole 95% bootstrap interval;
+- general knowledge: tuned - base accuracy on the shipped multiple-choice questions below zero with its
+  whole 95% bootstrap interval (see `labalign.evaluate.general_knowledge`).
 """
 
 from __future__ import annotations
@@ -23,16 +25,16 @@ from typing import Any
 
 from labalign.config import Settings
 from labalign.errors import LabalignError
-from labalign.evaluate import branch, forgetting, mt_bench
+from labalign.evaluate import branch, forgetting, general_knowledge, mt_bench
 from labalign.evaluate.models import open_model
 from labalign.evaluate.questions import default_heldout_dir, gather
 from labalign.evaluate.unavailable import EvalUnavailable
 from labalign.llm.types import Backend
 
 ProgressCallback = Callable[[str, int, int], None]  # (phase, done, total)
-EVALS = ("branch", "forgetting", "mt-bench", "mmlu")
+EVALS = ("branch", "forgetting", "general-knowledge", "mt-bench", "mmlu")
 # Run order for `all`: MT-Bench before forgetting, which reports the MT-Bench delta next to perplexity.
-ORDER = ("branch", "mt-bench", "forgetting", "mmlu")
+ORDER = ("branch", "mt-bench", "forgetting", "general-knowledge", "mmlu")
 
 
 def file_stem(name: str) -> str:
@@ -55,6 +57,7 @@ class EvalPlan:
     cache_path: Path | None = None  # request cache for generations; None: settings cache dir
     seeds: bool = True  # branch: also ask the leaves' seed questions
     general_text: Path | None = None  # forgetting: default the shipped general_text.jsonl
+    general_knowledge: Path | None = None  # default: the shipped general_knowledge.jsonl
     forgetting_threshold: float = forgetting.DEFAULT_THRESHOLD
     mmlu_tasks: tuple[str, ...] = ("mmlu",)
     mmlu_tasks_dir: Path | None = None  # lm-eval task YAMLs (local data), searched before lm-eval's own
@@ -206,27 +209,16 @@ def run_forgetting(
     """Perplexity of base and tuned on the general text, plus the MT-Bench delta when a judge gave one
     (`mt_bench_result`, else mt_bench.json in plan.out from the same models). Writes forgetting.json and
     its chart. EvalUnavailable without a base model or with a URL model (perplexity needs weights)."""
-    from labalign.evaluate.models import is_url, weights_dir
+    from labalign.evaluate.models import weights_dir
     from labalign.evaluate.plots import forgetting_chart
 
-    if not plan.base:
-        raise EvalUnavailable(
-            "the forgetting check compares with the model before tuning", hint="give --base MODEL"
-        )
-    for spec in (plan.model, plan.base):
-        if is_url(spec):
-            raise EvalUnavailable(
-                f"perplexity needs the model's weights, and {spec} is a server URL",
-                hint="pass model directories (or 'default', or .gguf files) for --model and --base",
-            )
+    model, base_spec = _weights_pair(plan, "the forgetting check")
     docs = forgetting.load_documents(plan.general_text)
     store = settings.cache_dir / "eval" / "perplexity"
     kw: dict[str, Any] = {"batch_size": plan.batch_size, "on_progress": on_progress}
-    tuned = forgetting.score_cached(
-        weights_dir(plan.model, settings.cache_dir), docs, store, label="tuned", **kw
-    )
+    tuned = forgetting.score_cached(weights_dir(model, settings.cache_dir), docs, store, label="tuned", **kw)
     base = forgetting.score_cached(
-        weights_dir(plan.base, settings.cache_dir), docs, store, label="base", **kw
+        weights_dir(base_spec, settings.cache_dir), docs, store, label="base", **kw
     )
     source = str(plan.general_text) if plan.general_text else "labalign general_text.jsonl (shipped)"
     result = forgetting.compare(docs, tuned, base, threshold=plan.forgetting_threshold, source=source)
@@ -254,6 +246,48 @@ def run_forgetting(
     plan.out.mkdir(parents=True, exist_ok=True)
     _write_json(plan.out / "forgetting.json", result)
     forgetting_chart(result, plan.out / "forgetting.png")
+    return result
+
+
+# -- general knowledge -----------------------------------------------------------------------------
+
+
+def _weights_pair(plan: EvalPlan, what: str) -> tuple[str, str]:
+    """The tuned and base models' weight directories, for evaluations that score log-likelihoods."""
+    from labalign.evaluate.models import is_url
+
+    if not plan.base:
+        raise EvalUnavailable(f"{what} compares with the model before tuning", hint="give --base MODEL")
+    for spec in (plan.model, plan.base):
+        if is_url(spec):
+            raise EvalUnavailable(
+                f"{what} needs the model's weights, and {spec} is a server URL",
+                hint="pass model directories (or 'default', or .gguf files) for --model and --base",
+            )
+    return plan.model, plan.base
+
+
+def run_general_knowledge(
+    plan: EvalPlan, settings: Settings, *, on_progress: ProgressCallback | None = None
+) -> dict[str, Any]:
+    """Base and tuned accuracy on the shipped general-knowledge questions (log-likelihood of the options),
+    with a paired bootstrap interval. Writes general_knowledge.json."""
+    from labalign.evaluate.models import weights_dir
+
+    model, base_spec = _weights_pair(plan, "the general-knowledge check")
+    questions = general_knowledge.load_questions(plan.general_knowledge)
+    store = settings.cache_dir / "eval" / "general_knowledge"
+    tuned = general_knowledge.score_cached(
+        weights_dir(model, settings.cache_dir), questions, store, on_progress=on_progress, label="tuned"
+    )
+    base = general_knowledge.score_cached(
+        weights_dir(base_spec, settings.cache_dir), questions, store, on_progress=on_progress, label="base"
+    )
+    source = str(plan.general_knowledge or "labalign general_knowledge.jsonl (shipped)")
+    result = general_knowledge.compare(questions, tuned, base, source=source)
+    result["specs"] = {"model": plan.model, "base": plan.base}
+    plan.out.mkdir(parents=True, exist_ok=True)
+    _write_json(plan.out / "general_knowledge.json", result)
     return result
 
 
@@ -333,6 +367,19 @@ def regressions(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"(95% CI {delta['ci_low']:+.2f} to {delta['ci_high']:+.2f})",
             }
         )
+    gk = results.get("general_knowledge") or {}
+    if gk.get("regression"):
+        out.append(
+            {
+                "eval": "general_knowledge",
+                "metric": "accuracy",
+                "delta": gk["delta"],
+                "ci": [gk["ci_low"], gk["ci_high"]],
+                "message": f"general-knowledge accuracy fell {gk['delta']:+.3f} "
+                f"({gk['base']:.3f} -> {gk['tuned']:.3f}; "
+                f"95% CI {gk['ci_low']:+.3f} to {gk['ci_high']:+.3f})",
+            }
+        )
     return out
 
 
@@ -354,6 +401,9 @@ def summarize(name: str, result: dict[str, Any]) -> dict[str, Any]:
     if name == "forgetting":
         keep = ("models", "model", "base", "ratio", "threshold", "flagged", "mt_bench_delta")
         return {k: result[k] for k in keep if k in result}
+    if name == "general_knowledge":
+        kept: tuple[str, ...] = ("models", "n", "base", "tuned", "delta", "ci_low", "ci_high", "regression")
+        return {k: result[k] for k in (*kept, "metric") if k in result}
     if name == "mmlu":
         mm: dict[str, Any] = {
             "models": result["models"],
@@ -376,6 +426,7 @@ def evaluate_all(
         "branch": run_branch,
         "mt-bench": run_mt_bench,
         "forgetting": run_forgetting,
+        "general-knowledge": run_general_knowledge,
         "mmlu": run_mmlu,
     }
     full: dict[str, dict[str, Any]] = {}

@@ -14,7 +14,7 @@ from typing import Any
 
 from labalign.errors import LabalignError
 
-EVALUATIONS = ("branch", "forgetting", "mt-bench", "mmlu")
+EVALUATIONS = ("branch", "forgetting", "general-knowledge", "mt-bench", "mmlu")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Profile:
     name: str
     summary: str
     settings: dict[str, Any] = field(default_factory=dict)  # dotted keys, as in `labalign config`
-    evals: tuple[str, ...] = ("branch", "forgetting")
+    evals: tuple[str, ...] = ("branch", "forgetting", "general-knowledge")
     eval_max_tokens: int = 256
     eval_seeds: bool = True  # also ask each leaf's seed questions (InstructLab's MT-Bench-branch does)
 
@@ -80,7 +80,7 @@ PROFILES: dict[str, Profile] = {
                 # At 0.5 knowledge fell to +0.037 (CI reaching below zero).
                 "train.interpolation": 0.75,
             },
-            evals=("branch", "forgetting"),
+            evals=("branch", "forgetting", "general-knowledge"),
             eval_max_tokens=96,
             eval_seeds=False,
         ),
@@ -99,7 +99,7 @@ PROFILES: dict[str, Profile] = {
                 "train.max_batch_tokens": 16384,
                 "train.save_every": 200,
             },
-            evals=("branch", "forgetting", "mt-bench"),
+            evals=("branch", "forgetting", "general-knowledge", "mt-bench"),
         ),
         Profile(
             name="full",
