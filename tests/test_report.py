@@ -192,6 +192,23 @@ def test_finished_run_has_every_section(finished: Path) -> None:
     assert "<script" not in html and "<link" not in html and 'src="http' not in html
 
 
+def test_checkpoint_drift_is_drawn_when_measured(run_copy: Path) -> None:
+    assert "general-text drift of each checkpoint" not in render_report(run_copy).read_text()
+    summary_path = run_copy / "train" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    for phase in summary["phases"]:
+        phase["candidates"] = [
+            {"step": 1, "heldout_loss": 2.0, "score": None, "general_ratio": 1.05},
+            {"step": phase["best_step"], "heldout_loss": 1.5, "score": None, "general_ratio": 1.3},
+        ]
+    summary_path.write_text(json.dumps(summary))
+    run = json.loads((run_copy / "train" / "run.json").read_text())
+    run["settings"]["forgetting_budget"] = 1.1
+    (run_copy / "train" / "run.json").write_text(json.dumps(run))
+    html = render_report(run_copy).read_text()
+    assert "general-text drift of each checkpoint" in html and "train.forgetting_budget</code> 1.1x" in html
+
+
 def test_sample_text_is_escaped(run_copy: Path) -> None:
     path = run_copy / "data" / "leaves" / LEAVES[1] / "samples.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]

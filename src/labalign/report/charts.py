@@ -113,6 +113,41 @@ def loss_chart(records: Sequence[dict[str, Any]], phases: Sequence[str]) -> str 
     return png_uri(fig)
 
 
+def drift_chart(phases: Sequence[dict[str, Any]], budget: float | None) -> str | None:
+    """Every checkpoint of every phase as a point: its general-text perplexity ratio to the base (on the
+    held-out replay text) against its held-out loss (or its step, without a held-out split); the kept
+    checkpoint is ringed and the forgetting budget is a dashed line. None without ratios."""
+    points = [
+        (str(p.get("phase")), c, c["step"] == p.get("best_step"))
+        for p in phases
+        for c in p.get("candidates") or []
+        if c.get("general_ratio") is not None
+    ]
+    if not points:
+        return None
+    by_loss = all(c.get("heldout_loss") is not None for _, c, _ in points)
+    fig = _figure(6.4, 3.4)
+    ax = fig.add_subplot(1, 1, 1)
+    names = list(dict.fromkeys(name for name, _, _ in points))
+    for index, name in enumerate(names):
+        mine = [(c, kept) for n, c, kept in points if n == name]
+        ys = [c["heldout_loss"] if by_loss else c["step"] for c, _ in mine]
+        colour = PHASE_COLOURS[index % len(PHASE_COLOURS)]
+        ax.plot([c["general_ratio"] for c, _ in mine], ys, "o-", color=colour, lw=1, ms=4, label=name)
+        for (c, kept), y in zip(mine, ys, strict=True):
+            if kept:
+                ax.plot([c["general_ratio"]], [y], "o", ms=11, mfc="none", mec=RED, mew=1.5)
+    if budget is not None:
+        ax.axvline(budget, color=RED, ls="--", lw=1, label=f"budget {budget:g}x")
+    ax.axvline(1.0, color=GREY, ls=":", lw=1)
+    ax.set_xlabel("general-text perplexity / base (held-out replay text)", fontsize=8, color=INK)
+    ax.set_ylabel("held-out loss (nats/token)" if by_loss else "optimizer step", fontsize=8, color=INK)
+    _style(ax)
+    ax.legend(fontsize=7.5, frameon=False)
+    fig.tight_layout()
+    return png_uri(fig)
+
+
 def timing_chart(stages: Sequence[tuple[str, float, str, str]]) -> str | None:
     """Wall time per stage (name, seconds, status, label), coloured by status; None when nothing took
     time."""

@@ -518,15 +518,30 @@ def _training(train_dir: Path, section: Section) -> dict[str, Any]:
             phase["tokens_per_s"] = tokens / seconds
     order = [str(p["phase"]) for p in phases] or logged
     chart = section.guard("the training log", lambda: _loss_chart(log, order, train_dir))
+    from labalign.report.charts import drift_chart
+
+    budget = _forgetting_budget(train_dir)
+    drift = section.guard("the checkpoints' drift", lambda: drift_chart(phases, budget))
     final = train_dir / "final"
     return {
         "phases": phases,
         "chart": chart,
+        "drift": drift,
+        "budget": budget,
         "final": str(final) if final.is_dir() else None,
         "adapter": (final / "adapter_config.json").is_file(),
         "interpolation": summary.get("interpolation", 1.0) if isinstance(summary, dict) else 1.0,
         "heldout": any(r.get("heldout_loss") is not None for r in log),
     }
+
+
+def _forgetting_budget(train_dir: Path) -> float | None:
+    try:
+        settings = json.loads((train_dir / "run.json").read_text(encoding="utf-8")).get("settings", {})
+    except (OSError, ValueError):
+        return None
+    budget = settings.get("forgetting_budget") if isinstance(settings, dict) else None
+    return float(budget) if isinstance(budget, int | float) else None
 
 
 def _loss_chart(log: list[dict[str, Any]], phases: list[str], train_dir: Path) -> str | None:

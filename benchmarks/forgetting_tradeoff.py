@@ -1,0 +1,127 @@
+"""Learning against forgetting: the quick profile's data trained with each retention method, one table.
+
+    python benchmarks/forgetting_tradeoff.py --data runs/quick [--out runs/tradeoff]
+        [--methods none,replay,kl,both] [--set kl:train.kl_weight=2]
+
+`--data` is a finished `labalign run` directory (its generated data is reused, so every method trains
+on the same records). Each method is that run again with only the `train:` settings changed, through
+`labalign run` itself (LABALIGN_TRAIN__* variables): the run sees the training settings changed and
+redoes training, evaluation and the report. Methods:
+
+- none:   the profile as it is (no general replay);
+- replay: general replay (the base student's own text) at 0.5 tokens per data token, cross-entropy;
+- kl:     the same replay text as a KL(base || tuned) anchor only (no cross-entropy on it);
+- both:   replay cross-entropy and the KL anchor;
+- any name given with --set NAME:KEY=VALUE (several allowed) on top of the profile.
+
+Prints, per method: held-out knowledge token-F1 gain [95% CI] (the example's 100 questions), both
+skills' gains, the general-text perplexity ratio to the base (the forgetting check), the
+general-knowledge accuracy change [95% CI], and training minutes (same machine, one method at a time;
+compare minutes only within one invocation). Writes OUT/tradeoff.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS: dict[str, dict[str, str]] = {
+    "none": {},
+    "replay": {"replay_ratio": "0.5", "replay_ce": "true", "kl_weight": "0"},
+    "kl": {"replay_ratio": "0.5", "replay_ce": "false", "kl_weight": "1"},
+    "both": {"replay_ratio": "0.5", "replay_ce": "true", "kl_weight": "1"},
+}
+
+
+def _prepare(data_run: Path, out: Path) -> None:
+    """A copy of the finished run without its training and evaluation (the data and manifest stay)."""
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(data_run, out, ignore=shutil.ignore_patterns("train", "eval", "report.html", "*.lock"))
+
+
+def _gain(branch: dict[str, Any], leaf: str) -> dict[str, Any] | None:
+    for row in branch.get("leaves", []):
+        if row.get("leaf", "").endswith(leaf):
+            delta = row.get("delta", {}).get("f1")
+            return dict(delta) if isinstance(delta, dict) else None
+    return None
+
+
+def _row(name: str, run: Path) -> dict[str, Any]:
+    manifest = json.loads((run / "manifest.json").read_text())
+    evals = run / "eval"
+    branch = json.loads((evals / "branch.json").read_text())
+    forgetting = json.loads((evals / "forgetting.json").read_text())
+    gk_path = evals / "general_knowledge.json"
+    gk = json.loads(gk_path.read_text()) if gk_path.is_file() else {}
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    return {
+        "method": name,
+        "knowledge": _gain(branch, "quillmarrow_island"),
+        "meeting_action_items": _gain(branch, "meeting_action_items"),
+        "formal_business_rewrite": _gain(branch, "formal_business_rewrite"),
+        "perplexity_ratio": forgetting["ratio"],
+        "general_knowledge": {k: gk.get(k) for k in ("base", "tuned", "delta", "ci_low", "ci_high")},
+        "train_minutes": manifest["stages"]["train"]["seconds"] / 60,
+        "evaluate_minutes": manifest["stages"]["evaluate"]["seconds"] / 60,
+        "held_out_general_ratio": [p.get("general_ratio") for p in summary["phases"]],
+    }
+
+
+def _ci(d: dict[str, Any] | None, key: str = "mean") -> str:
+    if not d or d.get(key) is None:
+        return "-"
+    return f"{d[key]:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, required=True, help="a finished `labalign run` directory")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "tradeoff")
+    parser.add_argument("--methods", default="none,replay,kl,both")
+    parser.add_argument("--set", action="append", default=[], help="NAME:KEY=VALUE, a train setting")
+    parser.add_argument("--taxonomy", type=Path, default=ROOT / "examples" / "taxonomy")
+    args = parser.parse_args(argv)
+    methods = {k: dict(v) for k, v in METHODS.items()}
+    for item in args.set:
+        name, _, assignment = item.partition(":")
+        key, _, value = assignment.partition("=")
+        methods.setdefault(name, {})[key.removeprefix("train.")] = value
+    rows = []
+    for name in args.methods.split(","):
+        run = args.out / name
+        _prepare(args.data, run)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LABALIGN_TRAIN__")}
+        env.update({f"LABALIGN_TRAIN__{k.upper()}": v for k, v in methods[name].items()})
+        print(f"== {name}: {methods[name] or 'the profile as it is'}", flush=True)
+        cmd = [sys.executable, "-m", "labalign", "run", str(args.taxonomy), "--out", str(run)]
+        code = subprocess.call(cmd, env=env)
+        if code != 0:
+            print(f"{name}: labalign run failed with exit code {code}", file=sys.stderr)
+            return code
+        rows.append(_row(name, run))
+    (args.out / "tradeoff.json").write_text(json.dumps(rows, indent=2) + "\n")
+    head = f"{'method':<10} {'knowledge F1 gain':<26} {'meeting items':<26} {'formal rewrite':<26} "
+    head += f"{'ppl ratio':>9}  {'general knowledge':<26} {'train min':>9}"
+    print("\n" + head)
+    for r in rows:
+        print(
+            f"{r['method']:<10} {_ci(r['knowledge']):<26} {_ci(r['meeting_action_items']):<26} "
+            f"{_ci(r['formal_business_rewrite']):<26} {r['perplexity_ratio']:>9.3f}  "
+            f"{_ci(r['general_knowledge'], 'delta'):<26} {r['train_minutes']:>9.1f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
