@@ -241,3 +241,32 @@ def test_replay_settings_rules(model_dir: Path, files: dict[str, Path], tmp_path
     )
     with pytest.raises(LabalignError, match="no replay data"):
         train(config)
+
+
+def test_replay_data_setting_is_read_and_recorded(
+    model_dir: Path, files: dict[str, Path], tmp_path: Path
+) -> None:
+    s = _settings(replay_data=str(files["replay"]), epochs=1)
+    config = TrainConfig(
+        model=str(model_dir),
+        out=tmp_path / "run",
+        phase1=files["phase1"],
+        settings=s,
+        cache_dir=tmp_path / "cache",
+        show_progress=False,
+    )
+    result = train(config)
+    assert result.phases[0].data["replay_samples"] > 0
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["inputs"]["replay"]["path"] == str(files["replay"])
+    missing = TrainConfig(
+        model=str(model_dir),
+        out=tmp_path / "run2",
+        phase1=files["phase1"],
+        settings=_settings(replay_data=str(tmp_path / "nope.jsonl")),
+        cache_dir=tmp_path / "cache",
+        show_progress=False,
+    )
+    with pytest.raises(LabalignError, match="data file not found") as err:
+        train(missing)
+    assert "--replay-data" in str(err.value.hint)

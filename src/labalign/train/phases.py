@@ -163,8 +163,7 @@ def _load_data(
     """Tokenize each file once: the main process validates and fills the cache, the others read it."""
     tokenizer = load_tokenizer(model_path)
     s = config.settings
-    own = Path(s.replay_data).expanduser() if s.replay_data else None
-    replay = (config.replay or own) if s.replay_ratio > 0 else None
+    replay = config.replay if s.replay_ratio > 0 else None
     if s.replay_ratio > 0 and replay is None:
         raise LabalignError(
             f"replay_ratio is {s.replay_ratio} but there is no replay data",
@@ -384,6 +383,11 @@ def train(config: TrainConfig, *, on_phase_start: Callable[[PhaseSpec], None] | 
     process writes the files. Returns the same result on every process.
     """
     config = _without_empty_phases(config)
+    if config.replay is None and config.settings.replay_data and config.settings.replay_ratio > 0:
+        import dataclasses
+
+        # The user's own replay file: its digest goes into run.json, so a changed file is not resumed.
+        config = dataclasses.replace(config, replay=Path(config.settings.replay_data).expanduser())
     if config.phase1 is None and config.phase2 is None:
         raise LabalignError("no training data", hint="pass --phase1 and/or --phase2")
     from transformers.utils import logging as hf_logging
