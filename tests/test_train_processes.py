@@ -195,8 +195,21 @@ def test_fsdp_full_fine_tuning_matches_one_process_and_resumes_exactly(tmp_path:
     model = tiny_model_dir(tmp_path / "model")
     p1 = write_jsonl(tmp_path / "p1.jsonl", make_records(30, seed=1))
     p2 = write_jsonl(tmp_path / "p2.jsonl", make_records(30, seed=2))
+    # General replay with the KL anchor, as the profiles use it: the base's targets are computed once
+    # and every rank anchors its own shard of the replay tokens.
+    replay = write_jsonl(
+        tmp_path / "replay.jsonl",
+        [
+            {
+                "id": f"opening-{i:03d}-0",
+                "messages": [{"role": "pretraining", "content": r["messages"][-1]["content"]}],
+            }
+            for i, r in enumerate(make_records(20, seed=3, min_words=8, max_words=16))
+        ],
+    )
     env = _env(tmp_path)
     flags = ("--nproc", "2", "--distributed", "fsdp", "--full", "--train-embeddings", "--bf16", "off")
+    flags += ("--replay-data", str(replay), "--replay-ratio", "0.5", "--kl-weight", "1")
     multi = tmp_path / "fsdp"
     run = subprocess.run(
         _command(model, p1, p2, multi, *flags), env=env, capture_output=True, text=True, timeout=300
@@ -205,9 +218,23 @@ def test_fsdp_full_fine_tuning_matches_one_process_and_resumes_exactly(tmp_path:
     assert _parallelism(multi, "phase1") == _parallelism(multi, "phase2") == {"fsdp"}
 
     single = tmp_path / "single"
-    _single(model, p1, p2, single, tmp_path / "cache", bf16="off", lora=False, freeze_embeddings=False)
+    _single(
+        model,
+        p1,
+        p2,
+        single,
+        tmp_path / "cache",
+        bf16="off",
+        lora=False,
+        freeze_embeddings=False,
+        replay_data=str(replay),
+        replay_ratio=0.5,
+        kl_weight=1.0,
+    )
     _assert_same_curve(single, multi)
     _assert_same_model(single / "final", multi / "final")
+    summary = json.loads((multi / "summary.json").read_text())
+    assert all(p["data"]["replay_samples"] > 0 and p["general_ratio"] for p in summary["phases"])
 
     # Killed after phase 2's step-5 state: the resumed run gathers nothing it has not saved, restores
     # the shards of weights and optimizer state from full tensors, and continues bit for bit.
