@@ -208,8 +208,8 @@ def test_fsdp_full_fine_tuning_matches_one_process_and_resumes_exactly(tmp_path:
         ],
     )
     env = _env(tmp_path)
-    flags = ("--nproc", "2", "--distributed", "fsdp", "--full", "--train-embeddings", "--bf16", "off")
-    flags += ("--replay-data", str(replay), "--replay-ratio", "0.5", "--kl-weight", "1")
+    flags: tuple[str, ...] = ("--nproc", "2", "--distributed", "fsdp", "--full", "--train-embeddings")
+    flags += ("--bf16", "off", "--replay-data", str(replay), "--replay-ratio", "0.5", "--kl-weight", "1")
     multi = tmp_path / "fsdp"
     run = subprocess.run(
         _command(model, p1, p2, multi, *flags), env=env, capture_output=True, text=True, timeout=300
