@@ -32,6 +32,11 @@ def _env(cache: Path) -> dict[str, str]:
         "LABALIGN_TRAIN__MAX_BATCH_TOKENS": "512",
         "LABALIGN_TRAIN__BATCH_SIZE": "2",
         "LABALIGN_TRAIN__SAVE_EVERY": "1",
+        # General replay written by the student itself, anchored by the KL term (as the quick profile).
+        "LABALIGN_TRAIN__REPLAY_RATIO": "0.3",
+        "LABALIGN_TRAIN__KL_WEIGHT": "1",
+        "LABALIGN_TRAIN__GENERAL_REPLAY_SAMPLES": "1",
+        "LABALIGN_TRAIN__GENERAL_REPLAY_TOKENS": "24",
     }
 
 
@@ -98,3 +103,8 @@ def test_run_killed_mid_training_resumes_and_reports(tmp_path: Path) -> None:
     log = [json.loads(line) for line in (run / "train" / "training_log.jsonl").read_text().splitlines()]
     steps = [(r["phase"], r["step"]) for r in log if r.get("event") == "train"]
     assert len(steps) == len(set(steps))  # resumed, not restarted: no step logged twice
+    replay = (run / "data" / "general_replay.jsonl").read_text().splitlines()
+    assert len(replay) > 100 and json.loads(replay[0])["messages"][0]["role"] == "pretraining"
+    assert stages["train"]["summary"]["general_replay"]["misses"] == 0  # the resumed run asked the cache
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    assert all(p["data"]["replay_samples"] > 0 and p["general_ratio"] for p in summary["phases"])

@@ -26,7 +26,7 @@ from tests.llm_fakes import RuleBackend
 
 def _continuation(request: LLMRequest) -> str:
     if "short" in (request.prompt or ""):
-        return " too short"
+        return "  "
     return f" and then the text goes on for a while, sample {request.sample_index} of it."
 
 
@@ -63,7 +63,7 @@ def test_records_are_pretraining_text_the_trainer_reads(tmp_path: Path) -> None:
         )
     )
     assert failed == 0 and seen[-1] == (4, 4)
-    assert [r["id"] for r in records] == ["opening-001-0", "opening-001-1"]  # the short ones are left out
+    assert [r["id"] for r in records] == ["opening-001-0", "opening-001-1"]  # the empty ones are left out
     assert records[0]["messages"][0]["content"].startswith("The council met. and then")
     assert records[0]["metadata"]["model"] == "base:v1"
     path = tmp_path / "replay.jsonl"

@@ -105,7 +105,8 @@ async def build_general_replay(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[Record], int]:
     """(pretraining records: each opening followed by the base model's continuation, failed requests).
-    A continuation shorter than a few words is left out (it teaches nothing about general text)."""
+    An empty continuation is left out; a short one stays (ending a text early is the base's behaviour
+    too)."""
     requests = replay_requests(openings, options)
     origins = [(o, i) for o in openings for i in range(options.samples_per_opening)]
     done = 0
@@ -123,7 +124,7 @@ async def build_general_replay(
         if not result.ok:
             failed += 1
             continue
-        if len(result.text.split()) < 8:
+        if not result.text.strip():
             continue
         records.append(_record(opening, sample, result.text, backend.identity))
     return records, failed
