@@ -47,6 +47,19 @@ def test_generate_adds_them_to_phase1_only_when_asked(tmp_path: Path) -> None:
     assert counts == {True: 3, False: 0}
 
 
+def test_pretraining_records_are_the_chunks_as_plain_text(tmp_path: Path) -> None:
+    s = load_settings(overrides={"sdg.max_chunks": 3})
+    jobs = leaf_inputs(load_leaves([EXAMPLES], ValidationOptions(check_documents=False)), s)
+    out = tmp_path / "out"
+    options = GenerateOptions(samples_per_leaf=2, seed=1, document_records=False, document_pretraining=True)
+    asyncio.run(generate(jobs, teacher=ScriptedTeacher(), out_dir=out, options=options))
+    phase1 = [json.loads(line) for line in (out / "phase1.jsonl").read_text().splitlines()]
+    plain = [r for r in phase1 if r["metadata"]["variant"] == "document:pretraining"]
+    chunks = next(j.chunks for j in jobs if j.chunks)
+    assert sorted(r["messages"][0]["content"] for r in plain) == sorted(c.text.strip() for c in chunks)
+    assert all(len(r["messages"]) == 1 and r["messages"][0]["role"] == "pretraining" for r in plain)
+
+
 def test_seed_records_follow_the_leaf_kind() -> None:
     leaves = {leaf.kind: leaf for leaf in load_leaves([EXAMPLES], ValidationOptions(check_documents=False))}
     knowledge = seed_records(leaves["knowledge"], "", context_variant=True)

@@ -107,6 +107,7 @@ def options_from_settings(
         system_prompt=s.sdg.system_prompt,
         context_variants=s.sdg.context_variants,
         document_records=s.sdg.document_records,
+        document_pretraining=s.sdg.document_pretraining,
         seed_records=s.sdg.seed_records,
         fact_questions=s.sdg.fact_questions,
         knowledge_qa=s.sdg.knowledge_qa,

@@ -46,6 +46,7 @@ class GenerateOptions:
     system_prompt: str = ""
     context_variants: bool = True
     document_records: bool = True
+    document_pretraining: bool = False
     seed_records: bool = False
     fact_questions: bool = True  # knowledge leaves: a teacher question for every document sentence
     knowledge_qa: bool = True  # knowledge leaves: LAB's Q&A pipeline (summaries -> Q&A -> judges)
@@ -357,6 +358,8 @@ async def generate(
             leaf_records += mix.augmentation_records(output.train, base, options.system_prompt)
             if options.document_records:
                 leaf_records += mix.document_records(job.chunks, base, options.system_prompt)
+            if options.document_pretraining:
+                leaf_records += mix.document_pretraining_records(job.chunks, base)
             facts_pipeline = _facts_pipeline(options)
             for row in output.facts:
                 meta = _provenance(row, job, facts_pipeline, teacher, judge)

@@ -109,6 +109,33 @@ def document_records(chunks: Iterable[Chunk], leaf_meta: dict[str, Any], system_
     return out
 
 
+def document_pretraining_records(chunks: Iterable[Chunk], leaf_meta: dict[str, Any]) -> list[Record]:
+    """Every chunk of a knowledge leaf's documents as plain text trained on every token (InstructLab's
+    `pretraining` role): the student reads the document as it read text in pre-training."""
+    out: list[Record] = []
+    for chunk in chunks:
+        text = chunk.text.strip()
+        if not text:
+            continue
+        meta = {
+            **leaf_meta,
+            "variant": "document:pretraining",
+            "chunk_index": chunk.index,
+            "chunk_source": chunk.source,
+            "chunk_lines": [chunk.start_line, chunk.end_line],
+        }
+        rid = hashlib.sha256(f"{leaf_meta.get('leaf', '')}\npretraining\n{text}".encode()).hexdigest()[:16]
+        out.append(
+            {
+                "id": rid,
+                "messages": [{"role": "pretraining", "content": text}],
+                "metadata": meta,
+                "unmask": False,
+            }
+        )
+    return out
+
+
 def seed_records(leaf: Leaf, system_prompt: str, *, context_variant: bool) -> list[Record]:
     """The leaf's own hand-written examples as training records, in the same shapes as generated ones.
     They are the best data a leaf has (and teach the answer style: a 270M teacher's answers ramble);

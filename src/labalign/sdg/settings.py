@@ -35,6 +35,11 @@ class SDGSettings(BaseModel):
         description="Also train on every document chunk itself (as the answer about its section), not "
         "only on the teacher's questions about some chunks.",
     )
+    document_pretraining: bool = Field(
+        False,
+        description="Also train on every document chunk as plain text, every token trained "
+        "(InstructLab's pretraining records).",
+    )
     fact_questions: bool = Field(
         True,
         description="Knowledge leaves: the teacher also writes a question for every sentence of the "
