@@ -106,8 +106,7 @@ def score(
     import torch
 
     from labalign.evaluate.forgetting import load_scoring_model
-    from labalign.train.loss import chunked_cross_entropy_sum
-    from labalign.train.packing import IGNORE
+    from labalign.train.loss import _logits
 
     model, tokenizer, spec, identity = load_scoring_model(model_dir)
     device = spec.weight.device
@@ -127,17 +126,25 @@ def score(
             width = len(batch[0][2])
             ids = torch.zeros((len(batch), width), dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            targets = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-            for j, (_, _, seq, begin) in enumerate(batch):
+            for j, (_, _, seq, _) in enumerate(batch):
                 ids[j, : len(seq)] = torch.tensor(seq)
                 mask[j, : len(seq)] = 1
-                targets[j, begin - 1 : len(seq) - 1] = torch.tensor(seq[begin:])
             hidden = decoder(
                 input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False
             ).last_hidden_state
+            # Only the positions that predict an option's tokens go through the head, all of the batch's
+            # in one matmul (a few tokens per option: a chunk per option would pad each to 64 rows).
+            where = [
+                (j, p) for j, (_, _, seq, begin) in enumerate(batch) for p in range(begin - 1, len(seq) - 1)
+            ]
+            index = torch.tensor(where, dtype=torch.long, device=device)
+            logits, _ = _logits(hidden[index[:, 0], index[:, 1]], spec.weight, spec)
+            follow = torch.tensor([batch[j][2][p + 1] for j, p in where], device=device)
+            token_ll = torch.log_softmax(logits.float(), -1).gather(1, follow[:, None]).squeeze(1)
+            sums = torch.zeros(len(batch), dtype=torch.float64, device=device)
+            sums.index_add_(0, index[:, 0], token_ll.double())
             for j, (qi, ci, _, _) in enumerate(batch):
-                total, _ = chunked_cross_entropy_sum(hidden[j], targets[j].to(device), spec)
-                loglik[qi][ci] = -float(total)
+                loglik[qi][ci] = float(sums[j])
             if on_progress is not None:
                 on_progress(phase, min(start + batch_size, len(order)), len(order))
     del model
