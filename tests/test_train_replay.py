@@ -19,7 +19,7 @@ from labalign.llm.chat_template import DEFAULT_CHAT_TEMPLATE
 from labalign.train import TrainConfig, TrainSettings, train
 from labalign.train.anchor import compute_base_targets
 from labalign.train.data import read_samples
-from labalign.train.general import pick_replay, split_general, validation
+from labalign.train.general import replay_epochs, split_general, validation
 from labalign.train.packing import build_pack
 from labalign.train.tokenize import TokenizedData, tokenize_samples
 from labalign.train.trainlog import read_log
@@ -111,14 +111,14 @@ def test_split_keeps_an_opening_on_one_side_and_is_seeded(tmp_path: Path) -> Non
     assert split_general(data, 0.0, seed=5) == (list(range(60)), [])
 
 
-def test_pick_replay_meets_the_token_budget_and_cycles(tmp_path: Path) -> None:
+def test_replay_draws_rotate_through_the_pool_across_epochs() -> None:
     lengths = np.array([10] * 6)
-    picked = pick_replay([0, 1, 2, 3, 4, 5], lengths, 35, seed=1, phase=1)
-    assert len(picked) == 4 and len(set(picked)) == 4
-    assert pick_replay([0, 1, 2, 3, 4, 5], lengths, 35, seed=1, phase=2) != picked
-    cycled = pick_replay([0, 1], lengths, 55, seed=1, phase=1)
-    assert len(cycled) == 6 and set(cycled) == {0, 1}
-    assert pick_replay([0, 1], lengths, 0, seed=1, phase=1) == []
+    draws = replay_epochs([0, 1, 2, 3, 4, 5], lengths, 35, 3, seed=1, phase=1)
+    assert [len(d) for d in draws] == [4, 4, 4]  # 35 tokens at 10 a text
+    assert sorted(draws[0] + draws[1][:2]) == [0, 1, 2, 3, 4, 5]  # every text before any repeat
+    assert replay_epochs([0, 1, 2, 3, 4, 5], lengths, 35, 3, seed=1, phase=2) != draws
+    assert replay_epochs([0, 1, 2, 3, 4, 5], lengths, 35, 3, seed=1, phase=1) == draws
+    assert replay_epochs([0, 1], lengths, 0, 2, seed=1, phase=1) == [[], []]
 
 
 def test_base_targets_are_the_models_own_distribution(tmp_path: Path) -> None:
@@ -188,6 +188,8 @@ def test_training_with_replay_and_kl_anchor(model_dir: Path, files: dict[str, Pa
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     for phase in summary["phases"]:
         assert phase["data"]["replay_samples"] > 0 and phase["data"]["replay_tokens"] > 0
+        # Each epoch draws other replay texts (the pool has 16 training texts, so some repeat).
+        assert phase["data"]["replay_texts"] > phase["data"]["replay_samples"]
         assert phase["general_ratio"] is not None and phase["general_ratio"] > 0
         assert [c["step"] for c in phase["candidates"]] == [phase["steps"] // 2, phase["steps"]]
         assert all(c["general_ratio"] is not None for c in phase["candidates"])

@@ -71,18 +71,21 @@ def validation(data: TokenizedData, indices: list[int], base_nll: np.ndarray) ->
     return GeneralValidation(part, float(base_nll[positions][scored].sum()), tokens)
 
 
-def pick_replay(pool: list[int], lengths: np.ndarray, budget_tokens: int, seed: int, phase: int) -> list[int]:
-    """Replay samples for one phase: a seeded order of the pool, cycled if the phase needs more tokens
-    than the pool has, cut when `budget_tokens` is reached."""
+def replay_epochs(
+    pool: list[int], lengths: np.ndarray, budget_tokens: int, epochs: int, seed: int, phase: int
+) -> list[list[int]]:
+    """The replay samples of each epoch of a phase: the same number every epoch (about `budget_tokens`
+    at the pool's mean length), drawn in turn from one seeded order of the pool, so every text is used
+    once before any is used again. An anchor held on the same few texts epoch after epoch is met on
+    those texts and drifts elsewhere: on the example's data, replay of 0.25 tokens per data token at
+    KL weight 4 with one fixed draw ended phase 1 at 1.29x the base's held-out general perplexity,
+    0.5 at weight 1 (twice the texts) at 1.23x."""
     if budget_tokens <= 0 or not pool:
-        return []
+        return [[] for _ in range(epochs)]
+    mean = float(np.mean([lengths[i] for i in pool]))
+    per_epoch = max(1, round(budget_tokens / max(mean, 1.0)))
     rng = np.random.default_rng([seed, phase, 7])
-    out: list[int] = []
-    total = 0
-    while total < budget_tokens:
-        for i in rng.permutation(len(pool)):
-            out.append(pool[int(i)])
-            total += int(lengths[pool[int(i)]])
-            if total >= budget_tokens:
-                break
-    return out
+    stream: list[int] = []
+    while len(stream) < per_epoch * epochs:
+        stream += [pool[int(i)] for i in rng.permutation(len(pool))]
+    return [stream[e * per_epoch : (e + 1) * per_epoch] for e in range(epochs)]

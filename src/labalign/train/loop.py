@@ -54,6 +54,20 @@ class PhaseSpec:
     data_stats: TokenStats = field(default_factory=TokenStats)
     general: GeneralValidation | None = None  # held-out general text: drift from the base per checkpoint
     replay: dict[str, int] = field(default_factory=dict)  # general replay mixed into `train`
+    # With replay: `train` is the phase's own samples [0, own) followed by replay texts, and each epoch
+    # trains on the own samples plus that epoch's draw (indices into `train`).
+    own: int | None = None
+    replay_draws: list[list[int]] | None = None
+
+    def epoch_samples(self, epoch: int, seed: int) -> list[int]:
+        """The samples of one epoch in their training order: a function of (seed, phase, epoch)."""
+        if self.replay_draws is None:
+            return epoch_order(len(self.train), seed=seed, phase=self.index, epoch=epoch)
+        items = [*range(self.own or 0), *self.replay_draws[epoch]]
+        return [items[i] for i in epoch_order(len(items), seed=seed, phase=self.index, epoch=epoch)]
+
+    def epoch_size(self) -> int:
+        return len(self.train) if self.replay_draws is None else (self.own or 0) + len(self.replay_draws[0])
 
 
 @dataclass
@@ -135,7 +149,7 @@ class PhaseRunner:
         self.best_dir = self.phase_dir / "best"
         self.epochs = settings.phase_epochs(spec.index)
         self.batch_size = settings.phase_batch_size(spec.index)
-        self.steps_per_epoch = math.ceil(len(spec.train) / self.batch_size)
+        self.steps_per_epoch = math.ceil(spec.epoch_size() / self.batch_size)
         self.total_steps = self.epochs * self.steps_per_epoch
         self.bf16 = bf16_enabled(settings.bf16, ctx.device)
         self.student: Student = load_student(
@@ -396,7 +410,7 @@ class PhaseRunner:
             )
             for epoch in range(int(progress["epoch"]), self.epochs):
                 steps = steps_of(
-                    epoch_order(len(spec.train), seed=settings.seed, phase=spec.index, epoch=epoch),
+                    spec.epoch_samples(epoch, settings.seed),
                     self.batch_size,
                 )
                 first = int(progress["step_in_epoch"]) if epoch == int(progress["epoch"]) else 0
@@ -449,7 +463,7 @@ class PhaseRunner:
             best_dir=str(self.best_dir),
             heldout_loss=p["best_heldout_loss"],
             score=p["best_score"],
-            train_samples=len(self.spec.train),
+            train_samples=self.spec.epoch_size(),
             heldout_samples=len(self.spec.heldout) if self.spec.heldout is not None else 0,
             data={
                 "samples": stats.samples,

@@ -18,7 +18,7 @@ from labalign.errors import LabalignError
 from labalign.train import checkpoint as ckpt
 from labalign.train.anchor import BaseTargets, base_targets
 from labalign.train.distributed import DistContext, barrier, broadcast_object, init_distributed, shutdown
-from labalign.train.general import GeneralValidation, pick_replay, split_general, validation
+from labalign.train.general import GeneralValidation, replay_epochs, split_general, validation
 from labalign.train.interpolate import interpolate_checkpoint
 from labalign.train.loop import Evaluator, PhaseResult, PhaseSpec, run_phase
 from labalign.train.model import attn_implementation, bf16_enabled, load_student, load_tokenizer
@@ -245,18 +245,28 @@ def prepare_replay(
 
 
 def _with_replay(
-    train: TokenizedData, pool: ReplayPool | None, ratio: float, seed: int, phase: int
-) -> tuple[TokenizedData, dict[str, int]]:
-    """A phase's training data with its share of general replay, and what was added."""
+    train: TokenizedData, pool: ReplayPool | None, ratio: float, epochs: int, seed: int, phase: int
+) -> tuple[TokenizedData, list[list[int]] | None, dict[str, int]]:
+    """A phase's training data followed by the replay texts it draws, each epoch's replay indices into
+    that data, and what was added."""
     if pool is None or ratio <= 0:
-        return train, {}
+        return train, None, {}
     budget = round(ratio * int(train.lengths().sum()))
-    picked = pick_replay(pool.train, pool.data.lengths(), budget, seed, phase)
-    if not picked:
-        return train, {}
-    extra = pool.data.subset(picked)
+    draws = replay_epochs(pool.train, pool.data.lengths(), budget, epochs, seed, phase)
+    used = sorted({i for draw in draws for i in draw})
+    if not used:
+        return train, None, {}
+    extra = pool.data.subset(used)
     merged = TokenizedData.concat([train, extra])
-    return merged, {"replay_samples": len(picked), "replay_tokens": int(extra.lengths().sum())}
+    at = {sample: len(train) + j for j, sample in enumerate(used)}
+    per_epoch = [[at[i] for i in draw] for draw in draws]
+    lengths = pool.data.lengths()
+    added = {
+        "replay_samples": len(draws[0]),
+        "replay_tokens": int(sum(lengths[i] for i in draws[0])),
+        "replay_texts": len(used),
+    }
+    return merged, per_epoch, added
 
 
 def plan_phases(
@@ -271,14 +281,18 @@ def plan_phases(
     s = config.settings
     general = replay.validation if replay is not None else None
 
-    def mixed(train: TokenizedData, phase: int) -> tuple[TokenizedData, dict[str, int]]:
-        return _with_replay(train, replay, s.replay_ratio, s.seed, phase)
+    def mixed(
+        train: TokenizedData, phase: int
+    ) -> tuple[TokenizedData, list[list[int]] | None, dict[str, int]]:
+        epochs = s.phase_epochs(phase) if phase else s.epochs
+        return _with_replay(train, replay, s.replay_ratio, epochs, s.seed, phase)
 
     if s.strategy == "stacked":
         parts = [data[n] for n in ("phase1", "phase2") if n in data]
         merged = TokenizedData.concat(parts)
         train_idx, held_idx = split_heldout(merged, s.holdout_fraction, s.seed)
-        train, added = mixed(merged.subset(train_idx), 0)
+        own = merged.subset(train_idx)
+        train, draws, added = mixed(own, 0)
         spec = PhaseSpec(
             "stacked",
             0,
@@ -289,6 +303,8 @@ def plan_phases(
             _stats_sum([p.stats for p in parts]),
             general,
             added,
+            len(own),
+            draws,
         )
         return [(spec, [])]
     specs: list[tuple[PhaseSpec, list[str]]] = []
@@ -298,7 +314,8 @@ def plan_phases(
         d1 = data["phase1"]
         train_idx, held_idx = split_heldout(d1, s.holdout_fraction, s.seed)
         held1_keys = {d1.keys[i] for i in held_idx}
-        train1, added1 = mixed(d1.subset(train_idx), 1)
+        own1 = d1.subset(train_idx)
+        train1, draws1, added1 = mixed(own1, 1)
         spec1 = PhaseSpec(
             "phase1",
             1,
@@ -309,6 +326,8 @@ def plan_phases(
             d1.stats,
             general,
             added1,
+            len(own1),
+            draws1,
         )
         specs.append((spec1, ["phase2"]))
         start = config.out / "phase1" / "best"
@@ -324,7 +343,8 @@ def plan_phases(
                 path=config.phase2,
                 hint="add samples or lower --holdout-fraction",
             )
-        train2, added2 = mixed(d2.subset(train_idx), 2)
+        own2 = d2.subset(train_idx)
+        train2, draws2, added2 = mixed(own2, 2)
         spec2 = PhaseSpec(
             "phase2",
             2,
@@ -335,6 +355,8 @@ def plan_phases(
             d2.stats,
             general,
             added2,
+            len(own2),
+            draws2,
         )
         specs.append((spec2, []))
     return specs
