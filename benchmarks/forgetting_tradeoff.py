@@ -14,6 +14,10 @@ redoes training, evaluation and the report. Methods:
 - both:   replay cross-entropy and the KL anchor;
 - any name given with --set NAME:KEY=VALUE (several allowed) on top of the profile.
 
+`--interpolations 1,0.75` also scores each method's trained weights (phase 2's best) merged part of
+the way back to the base, final = base + W x (tuned - base), evaluated exactly as the run evaluates
+(rows "METHOD@W"): no retraining.
+
 Prints, per method: held-out knowledge token-F1 gain [95% CI] (the example's 100 questions), both
 skills' gains, the general-text perplexity ratio to the base (the forgetting check), the
 general-knowledge accuracy change [95% CI], and training minutes (same machine, one method at a time;
@@ -55,14 +59,11 @@ def _gain(branch: dict[str, Any], leaf: str) -> dict[str, Any] | None:
     return None
 
 
-def _row(name: str, run: Path) -> dict[str, Any]:
-    manifest = json.loads((run / "manifest.json").read_text())
-    evals = run / "eval"
+def _scores(name: str, evals: Path) -> dict[str, Any]:
     branch = json.loads((evals / "branch.json").read_text())
     forgetting = json.loads((evals / "forgetting.json").read_text())
     gk_path = evals / "general_knowledge.json"
     gk = json.loads(gk_path.read_text()) if gk_path.is_file() else {}
-    summary = json.loads((run / "train" / "summary.json").read_text())
     return {
         "method": name,
         "knowledge": _gain(branch, "quillmarrow_island"),
@@ -70,10 +71,52 @@ def _row(name: str, run: Path) -> dict[str, Any]:
         "formal_business_rewrite": _gain(branch, "formal_business_rewrite"),
         "perplexity_ratio": forgetting["ratio"],
         "general_knowledge": {k: gk.get(k) for k in ("base", "tuned", "delta", "ci_low", "ci_high")},
+    }
+
+
+def _row(name: str, run: Path) -> dict[str, Any]:
+    manifest = json.loads((run / "manifest.json").read_text())
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    return {
+        **_scores(name, run / "eval"),
         "train_minutes": manifest["stages"]["train"]["seconds"] / 60,
         "evaluate_minutes": manifest["stages"]["evaluate"]["seconds"] / 60,
         "held_out_general_ratio": [p.get("general_ratio") for p in summary["phases"]],
     }
+
+
+def _interpolated(name: str, run: Path, w: float, taxonomy: Path) -> dict[str, Any]:
+    """Phase 2's best of `run` merged at `w` toward the base and evaluated with the run's own plan."""
+    from labalign.config import load_settings
+    from labalign.evaluate.suite import EvalPlan, evaluate_all
+    from labalign.run.profiles import get_profile
+    from labalign.train.interpolate import interpolate_checkpoint
+    from labalign.train.phases import resolve_model
+
+    profile = get_profile("quick")
+    settings = load_settings(defaults=profile.settings)
+    base = resolve_model("default", settings.cache_dir)
+    out = run / f"interpolated-{w:g}"
+    if out.exists():
+        shutil.rmtree(out)
+    interpolate_checkpoint(base, run / "train" / "phase2" / "best", out / "final", w)
+    plan = EvalPlan(
+        model=str(out / "final"),
+        base=str(base),
+        judge=None,
+        taxonomy=taxonomy,
+        out=out / "eval",
+        data=run / "data",
+        evals=profile.evals,
+        max_tokens=profile.eval_max_tokens,
+        # The run's own answer cache: the base model's answers are there already (keys name the model).
+        cache_path=run / "eval" / "cache.sqlite",
+        seeds=profile.eval_seeds and not settings.sdg.seed_records,
+    )
+    evaluate_all(plan, settings)
+    row = _scores(f"{name}@{w:g}", out / "eval")
+    row.update(train_minutes=float("nan"), evaluate_minutes=float("nan"), held_out_general_ratio=[])
+    return row
 
 
 def _ci(d: dict[str, Any] | None, key: str = "mean") -> str:
@@ -91,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="none,replay,kl,both")
     parser.add_argument("--set", action="append", default=[], help="NAME:KEY=VALUE, a train setting")
     parser.add_argument("--taxonomy", type=Path, default=ROOT / "examples" / "taxonomy")
+    parser.add_argument("--interpolations", default="", help="e.g. 1,0.75: also score merged weights")
+    parser.add_argument("--existing", action="store_true", help="tabulate runs already in --out")
     args = parser.parse_args(argv)
     methods = {k: dict(v) for k, v in METHODS.items()}
     for item in args.set:
@@ -100,16 +145,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.methods.split(","):
         run = args.out / name
-        _prepare(args.data, run)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LABALIGN_TRAIN__")}
-        env.update({f"LABALIGN_TRAIN__{k.upper()}": v for k, v in methods[name].items()})
-        print(f"== {name}: {methods[name] or 'the profile as it is'}", flush=True)
-        cmd = [sys.executable, "-m", "labalign", "run", str(args.taxonomy), "--out", str(run)]
-        code = subprocess.call(cmd, env=env)
-        if code != 0:
-            print(f"{name}: labalign run failed with exit code {code}", file=sys.stderr)
-            return code
+        if not args.existing:
+            _prepare(args.data, run)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("LABALIGN_TRAIN__")}
+            env.update({f"LABALIGN_TRAIN__{k.upper()}": v for k, v in methods[name].items()})
+            print(f"== {name}: {methods[name] or 'the profile as it is'}", flush=True)
+            cmd = [sys.executable, "-m", "labalign", "run", str(args.taxonomy), "--out", str(run)]
+            code = subprocess.call(cmd, env=env)
+            if code != 0:
+                print(f"{name}: labalign run failed with exit code {code}", file=sys.stderr)
+                return code
         rows.append(_row(name, run))
+        for w in filter(None, args.interpolations.split(",")):
+            rows.append(_interpolated(name, run, float(w), args.taxonomy))
     (args.out / "tradeoff.json").write_text(json.dumps(rows, indent=2) + "\n")
     head = f"{'method':<10} {'knowledge F1 gain':<26} {'meeting items':<26} {'formal rewrite':<26} "
     head += f"{'ppl ratio':>9}  {'general knowledge':<26} {'train min':>9}"
