@@ -8,7 +8,8 @@ on the same records). Each method is that run again with only the `train:` setti
 `labalign run` itself (LABALIGN_TRAIN__* variables): the run sees the training settings changed and
 redoes training, evaluation and the report. Methods:
 
-- none:   the profile as it is (no general replay);
+- profile: the quick profile as it is;
+- none:   no general replay (the rest of the profile as it is);
 - replay: general replay (the base student's own text) at 0.5 tokens per data token, cross-entropy;
 - kl:     the same replay text as a KL(base || tuned) anchor only (no cross-entropy on it);
 - both:   replay cross-entropy and the KL anchor;
@@ -37,7 +38,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS: dict[str, dict[str, str]] = {
-    "none": {},
+    "profile": {},
+    "none": {"replay_ratio": "0", "kl_weight": "0"},
     "replay": {"replay_ratio": "0.5", "replay_ce": "true", "kl_weight": "0"},
     "kl": {"replay_ratio": "0.5", "replay_ce": "false", "kl_weight": "1"},
     "both": {"replay_ratio": "0.5", "replay_ce": "true", "kl_weight": "1"},
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data", type=Path, required=True, help="a finished `labalign run` directory")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "tradeoff")
-    parser.add_argument("--methods", default="none,replay,kl,both")
+    parser.add_argument("--methods", default="none,replay,kl,both")  # "profile": the defaults as they are
     parser.add_argument("--set", action="append", default=[], help="NAME:KEY=VALUE, a train setting")
     parser.add_argument("--taxonomy", type=Path, default=ROOT / "examples" / "taxonomy")
     parser.add_argument("--interpolations", default="", help="e.g. 1,0.75: also score merged weights")
