@@ -131,6 +131,7 @@ def _print_summary(result: Any) -> None:
         ("time", "right"),
         ("best checkpoint", "left"),
         ("held-out loss", "right"),
+        ("general ppl / base", "right"),
     ):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for p in result.phases:
@@ -146,6 +147,7 @@ def _print_summary(result: Any) -> None:
             f"{minutes}:{seconds:02d}",
             f"{p.best_dir} (step {p.best_step})",
             loss,
+            "-" if p.general_ratio is None else f"{p.general_ratio:.3f}x",
         )
     console.print(table)
     if result.interpolation < 1:
