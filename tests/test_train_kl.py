@@ -10,16 +10,7 @@ from hypothesis import strategies as st
 from labalign.train.kl import chunked_kl_sum
 from labalign.train.loss import HeadSpec
 from tests.test_train_helpers import backward
-
-
-def _logits(h: torch.Tensor, spec: HeadSpec) -> torch.Tensor:
-    logits = h @ spec.weight.T
-    if spec.bias is not None:
-        logits = logits + spec.bias
-    logits = logits * spec.scale
-    if spec.softcap is not None:
-        logits = spec.softcap * torch.tanh(logits / spec.softcap)
-    return logits
+from tests.test_train_loss import _grads, reference_logits
 
 
 def _coarse_kl(tuned: torch.Tensor, base_lp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -30,14 +21,6 @@ def _coarse_kl(tuned: torch.Tensor, base_lp: torch.Tensor, ids: torch.Tensor) ->
     top_b = base_lp.exp()
     tail_b = (1 - top_b.sum(1)).clamp(min=0)
     return ((top_b * (base_lp - top_t)).sum(1) + torch.xlogy(tail_b, tail_b) - tail_b * tail_t).sum()
-
-
-def _grads(fn: object, tensors: list[torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
-    for x in tensors:
-        x.grad = None
-    loss = fn()  # type: ignore[operator]
-    backward(loss)
-    return float(loss.detach()), [x.grad.clone() for x in tensors if x.grad is not None]
 
 
 @settings(max_examples=25, deadline=None)
@@ -65,7 +48,7 @@ def test_kl_equals_full_logits(
     ours, ours_grads = _grads(
         lambda: chunked_kl_sum(h, top.indices, top.values, spec, chunk_tokens=chunk, grad_filter=0.0), params
     )
-    ref, ref_grads = _grads(lambda: _coarse_kl(_logits(h, spec), top.values, top.indices), params)
+    ref, ref_grads = _grads(lambda: _coarse_kl(reference_logits(h, spec), top.values, top.indices), params)
     assert ours == pytest.approx(ref, rel=1e-7, abs=1e-9)
     for a, r in zip(ours_grads, ref_grads, strict=True):
         torch.testing.assert_close(a, r, rtol=1e-6, atol=1e-8)

@@ -12,14 +12,21 @@ from labalign.train.packing import IGNORE
 from tests.test_train_helpers import backward, tiny_model
 
 
-def _reference(h: torch.Tensor, t: torch.Tensor, spec: HeadSpec) -> torch.Tensor:
+def reference_logits(h: torch.Tensor, spec: HeadSpec) -> torch.Tensor:
+    """The head's logits the plain way (full matrix), with the family's transforms."""
     logits = h @ spec.weight.T
     if spec.bias is not None:
         logits = logits + spec.bias
     logits = logits * spec.scale
     if spec.softcap is not None:
         logits = spec.softcap * torch.tanh(logits / spec.softcap)
-    return torch.nn.functional.cross_entropy(logits, t, ignore_index=IGNORE, reduction="sum")
+    return logits
+
+
+def _reference(h: torch.Tensor, t: torch.Tensor, spec: HeadSpec) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(
+        reference_logits(h, spec), t, ignore_index=IGNORE, reduction="sum"
+    )
 
 
 def _grads(fn: object, tensors: list[torch.Tensor]) -> tuple[float, list[torch.Tensor]]:

@@ -159,6 +159,20 @@ def load_scoring_model(model_dir: Path) -> tuple[Any, Any, Any, str]:
     return model, tokenizer, spec, model_dir_identity(model_dir)
 
 
+def right_padded_hidden(decoder: Any, rows: Sequence[Sequence[int]], device: Any) -> tuple[Any, Any]:
+    """(input ids on the CPU, final hidden states) of token rows run as one right-padded batch: real
+    tokens keep positions 0..n-1, and padded positions are never scored."""
+    import torch
+
+    input_ids = torch.zeros((len(rows), max(len(r) for r in rows)), dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r)] = torch.tensor(list(r))
+        mask[i, : len(r)] = 1
+    out = decoder(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
+    return input_ids, out.last_hidden_state
+
+
 def score(
     model_dir: Path,
     docs: Sequence[Document],
@@ -188,16 +202,7 @@ def score(
         decoder = model.get_decoder()
         for start in range(0, len(pieces), batch_size):
             batch = pieces[start : start + batch_size]
-            width = len(batch[0][1])
-            input_ids = torch.zeros((len(batch), width), dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (_, w) in enumerate(batch):
-                input_ids[row, : len(w)] = torch.tensor(w)
-                mask[row, : len(w)] = 1
-            # Right padding: real tokens keep positions 0..n-1, and padded positions are never scored.
-            hidden = decoder(
-                input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False
-            ).last_hidden_state
+            input_ids, hidden = right_padded_hidden(decoder, [w for _, w in batch], device)
             for row, (doc, w) in enumerate(batch):
                 n = len(w)
                 total, _ = chunked_cross_entropy_sum(

@@ -105,7 +105,7 @@ def score(
     """Log-likelihood of each option given its question, in-process and batched (right padding)."""
     import torch
 
-    from labalign.evaluate.forgetting import load_scoring_model
+    from labalign.evaluate.forgetting import load_scoring_model, right_padded_hidden
     from labalign.train.loss import _logits
 
     model, tokenizer, spec, identity = load_scoring_model(model_dir)
@@ -123,15 +123,7 @@ def score(
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             batch = [rows[r] for r in order[start : start + batch_size]]
-            width = len(batch[0][2])
-            ids = torch.zeros((len(batch), width), dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for j, (_, _, seq, _) in enumerate(batch):
-                ids[j, : len(seq)] = torch.tensor(seq)
-                mask[j, : len(seq)] = 1
-            hidden = decoder(
-                input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False
-            ).last_hidden_state
+            _, hidden = right_padded_hidden(decoder, [seq for _, _, seq, _ in batch], device)
             # Only the positions that predict an option's tokens go through the head, all of the batch's
             # in one matmul (a few tokens per option: a chunk per option would pad each to 64 rows).
             where = [
