@@ -18,8 +18,8 @@ from labalign.sdg.general_replay import (
     build_general_replay,
     load_openings,
     replay_requests,
-    write_records,
 )
+from labalign.sdg.generate import write_jsonl
 from labalign.train.data import read_samples
 from tests.llm_fakes import RuleBackend
 
@@ -67,7 +67,7 @@ def test_records_are_pretraining_text_the_trainer_reads(tmp_path: Path) -> None:
     assert records[0]["messages"][0]["content"].startswith("The council met. and then")
     assert records[0]["metadata"]["model"] == "base:v1"
     path = tmp_path / "replay.jsonl"
-    write_records(path, records)
+    write_jsonl(path, records)
     samples = read_samples(path)
     assert [s.is_pretraining for s in samples] == [True, True]
     assert json.loads(path.read_text().splitlines()[0])["metadata"]["source"] == "general_replay"

@@ -14,7 +14,6 @@ asks nothing at all.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -24,6 +23,7 @@ from typing import Any
 from labalign.errors import LabalignError
 from labalign.jsonl import iter_jsonl
 from labalign.llm.types import Backend, GenerationParams, LLMRequest, LLMResult
+from labalign.sdg.generate import write_jsonl
 from labalign.sdg.rows import stable_int
 
 Record = dict[str, Any]
@@ -130,14 +130,6 @@ async def build_general_replay(
     return records, failed
 
 
-def write_records(path: Path, records: Sequence[Record]) -> None:
-    """Atomic: a killed write leaves the old file or none, never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(path)
-
-
 def generate_general_replay(
     student_dir: Path,
     out: Path,
@@ -173,5 +165,5 @@ def generate_general_replay(
             path=student_dir,
             hint="give your own general data with train.replay_data, or set train.replay_ratio 0",
         )
-    write_records(out, records)
+    write_jsonl(out, records)  # atomic, like every SDG output
     return {"records": len(records), "failed": failed, **backend.stats}

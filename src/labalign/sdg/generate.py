@@ -316,7 +316,7 @@ def _provenance(
     return meta
 
 
-def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
+def write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
     """Atomic: a kill never leaves a half-written file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -368,15 +368,15 @@ async def generate(
         else:
             skills += leaf_records
         folder = out_dir / "leaves" / job.leaf.name
-        _write_jsonl(folder / "samples.jsonl", leaf_records)
-        _write_jsonl(folder / "heldout.jsonl", [_heldout(row, job.leaf) for row in output.heldout])
+        write_jsonl(folder / "samples.jsonl", leaf_records)
+        write_jsonl(folder / "heldout.jsonl", [_heldout(row, job.leaf) for row in output.heldout])
     phase1 = mix.shuffled(phase1, options.seed, "phase1")
     phase2 = mix.shuffled(
         skills + mix.replay(phase1, options.replay_fraction, options.seed), options.seed, "phase2"
     )
-    _write_jsonl(out_dir / "phase1.jsonl", phase1)
-    _write_jsonl(out_dir / "phase2.jsonl", phase2)
-    _write_jsonl(out_dir / "heldout.jsonl", [_heldout(r, o.leaf) for o in outputs for r in o.heldout])
+    write_jsonl(out_dir / "phase1.jsonl", phase1)
+    write_jsonl(out_dir / "phase2.jsonl", phase2)
+    write_jsonl(out_dir / "heldout.jsonl", [_heldout(r, o.leaf) for o in outputs for r in o.heldout])
     result = GenerateResult(out_dir, list(outputs), phase1, phase2)
     write_stats(result, teacher, judge, options)
     return result
