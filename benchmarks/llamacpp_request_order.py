@@ -26,7 +26,10 @@ from labalign.llm.llamacpp import LlamaCppBackend
 from labalign.llm.types import GenerationParams, LLMRequest
 from labalign.sdg.facts import sentences
 
-DOCUMENT = Path(__file__).resolve().parent.parent / "examples" / "documents" / "quillmarrow_island.md"
+EXAMPLE_LEAF = (
+    Path(__file__).resolve().parent.parent / "examples/taxonomy/knowledge/history/quillmarrow_island"
+)
+DOCUMENT = EXAMPLE_LEAF / "quillmarrow_island.md"
 
 
 def leaf_requests(leaves: int, rows: int) -> list[list[LLMRequest]]:

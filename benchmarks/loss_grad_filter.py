@@ -20,7 +20,10 @@ import torch
 
 from labalign.train.loss import GRAD_FILTER_EPS, chunked_cross_entropy_sum, head_spec
 
-DOCUMENT = Path(__file__).resolve().parent.parent / "examples" / "documents" / "quillmarrow_island.md"
+EXAMPLE_LEAF = (
+    Path(__file__).resolve().parent.parent / "examples/taxonomy/knowledge/history/quillmarrow_island"
+)
+DOCUMENT = EXAMPLE_LEAF / "quillmarrow_island.md"
 
 
 def main() -> None:

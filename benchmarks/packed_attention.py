@@ -23,7 +23,10 @@ from labalign.train.model import CausalLMLoss, load_student
 from labalign.train.packing import IGNORE
 from labalign.train.settings import TrainSettings
 
-DOCUMENT = Path(__file__).resolve().parent.parent / "examples" / "documents" / "quillmarrow_island.md"
+EXAMPLE_LEAF = (
+    Path(__file__).resolve().parent.parent / "examples/taxonomy/knowledge/history/quillmarrow_island"
+)
+DOCUMENT = EXAMPLE_LEAF / "quillmarrow_island.md"
 
 
 def main() -> None:

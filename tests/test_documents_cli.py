@@ -87,7 +87,8 @@ def test_git_leaf_and_offline(tmp_path: Path) -> None:
         f"document:\n  repo: {source.as_uri()}\n  commit: {sha}\n  patterns:\n    - doc.md\n",
     )
     cache = tmp_path / "cache"
-    env = {"LABALIGN_CACHE_DIR": str(cache)}
+    # A file:// repository is on this machine, outside the taxonomy: it has to be allowed.
+    env = {"LABALIGN_CACHE_DIR": str(cache), "LABALIGN_DOCUMENTS__ALLOWED_ROOTS": json.dumps([str(source)])}
     offline = runner.invoke(app, ["chunk", str(folder), "--offline", "--format", "json"], env=env)
     assert offline.exit_code == 0 and offline.stdout.strip() == "[]"
     assert "skipped" in offline.stderr

@@ -80,6 +80,7 @@ def resolve(
         source,
         base_dir=tmp_path,
         cache_dir=tmp_path / "cache",
+        allowed_roots=[tmp_path],
         offline=offline,
         max_file_bytes=max_file_bytes,
     )
@@ -215,6 +216,7 @@ def test_local_folder_relative_to_leaf_reads_working_tree(repo: Repo, tmp_path: 
             DocumentSource(rel, "whatever-not-checked", ("docs/*.md", "docs/island.md")),
             base_dir=leaf_dir,
             cache_dir=tmp_path / "cache",
+            allowed_roots=[tmp_path],
             offline=True,  # local folders resolve offline too
         )
     )
@@ -228,7 +230,7 @@ def test_local_folder_relative_to_leaf_reads_working_tree(repo: Repo, tmp_path: 
 def test_local_folder_absolute_and_missing(tmp_path: Path) -> None:
     folder = tmp_path / "docs"
     write(folder / "a.md", "a\n")
-    files = files_of(resolve(DocumentSource(str(folder), "", ("a.md",)), tmp_path / "elsewhere"))
+    files = files_of(resolve(DocumentSource(str(folder), "", ("a.md",)), tmp_path))
     assert files[0].relpath == "a.md"
     with pytest.raises(DocumentError, match=r"does not exist"):
         resolve(DocumentSource("no-such-folder", "", ("a.md",)), tmp_path)
@@ -441,7 +443,10 @@ def test_unwritable_cache_is_a_document_error(repo: Repo, tmp_path: Path) -> Non
     blocker = write(tmp_path / "not-a-folder", "a file where the cache folder should be\n")
     with pytest.raises(DocumentError, match=r"cannot write the document cache") as info:
         resolve_documents(
-            DocumentSource(repo.url, repo.first, ("*.txt",)), base_dir=tmp_path, cache_dir=blocker / "cache"
+            DocumentSource(repo.url, repo.first, ("*.txt",)),
+            base_dir=tmp_path,
+            cache_dir=blocker / "cache",
+            allowed_roots=[tmp_path],
         )
     assert info.value.hint and "--cache-dir" in info.value.hint
 

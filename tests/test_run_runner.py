@@ -55,8 +55,8 @@ class Recorder:
 
 @pytest.fixture
 def taxonomy(tmp_path: Path) -> Path:
-    # A copy with its documents and held-out questions beside it, so tests may edit inputs.
-    for name in ("taxonomy", "documents", "heldout"):
+    # A copy (its document inside it) with the held-out questions beside it, so tests may edit inputs.
+    for name in ("taxonomy", "heldout"):
         shutil.copytree(EXAMPLES / name, tmp_path / "ex" / name)
     return tmp_path / "ex" / "taxonomy"
 
@@ -128,7 +128,7 @@ def test_changed_inputs_are_named_and_redone_from_the_stage_they_feed(
         in console.export_text()
     )
 
-    doc = taxonomy.parent / "documents" / "quillmarrow_island.md"
+    doc = taxonomy / "knowledge" / "history" / "quillmarrow_island" / "quillmarrow_island.md"
     doc.write_text(doc.read_text() + "\nOne more fact.\n")
     go(taxonomy, tmp_path / "run", overrides={"train.epochs": 5})
     assert rec.ran() == ["generate", "train", "evaluate", "report"]

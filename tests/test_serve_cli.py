@@ -115,23 +115,25 @@ def test_vllm_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
     execs: list[list[str]] = []
+    keys: list[str | None] = []
 
     class Execed(Exception):
         pass
 
-    def execv(path: str, argv: list[str]) -> None:
+    def execve(path: str, argv: list[str], env: dict[str, str]) -> None:
         execs.append(argv)
+        keys.append(env.get("VLLM_API_KEY"))
         raise Execed
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else None)
-    monkeypatch.setattr(os, "execv", execv)
+    monkeypatch.setattr(os, "execve", execve)
     with pytest.raises(Execed):
         serve_cli.serve(
             None,  # type: ignore[arg-type]  # the vLLM path reads no settings
             model="/models/llama",
             host="127.0.0.1",
             port=9001,
-            api_key="k",
+            api_key="secret-key",
             model_name="llama",
             engine=serve_cli.Engine.vllm,
         )
@@ -146,9 +148,9 @@ def test_vllm_engine(monkeypatch: pytest.MonkeyPatch) -> None:
             "127.0.0.1",
             "--port",
             "9001",
-            "--api-key",
-            "k",
             "--served-model-name",
             "llama",
         ]
     ]
+    # The key goes through the environment: in argv, `ps` would show it to every user of the machine.
+    assert keys == ["secret-key"] and "secret-key" not in " ".join(execs[0])

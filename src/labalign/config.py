@@ -77,6 +77,11 @@ class DocumentSettings(_Section):
         "unset: a conservative estimate.",
     )
     max_file_mb: float = Field(50.0, gt=0, description="Largest knowledge document file accepted.")
+    allowed_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders outside the taxonomy that a knowledge leaf's local `repo:` (or file:// URL) "
+        "may point into; by default only the taxonomy's own folder is allowed.",
+    )
 
 
 class Settings(BaseSettings):

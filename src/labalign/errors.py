@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from labalign.redact import redact_text
+
 
 class LabalignError(Exception):
     """A problem the user can fix: names the file (and line) at fault and what to do."""
@@ -17,12 +19,14 @@ class LabalignError(Exception):
         column: int | None = None,
         hint: str | None = None,
     ) -> None:
+        # Messages often quote a teacher URL; its credentials never reach the terminal or a manifest.
+        message = redact_text(message)
         super().__init__(message)
         self.message = message
         self.path = str(path) if path is not None else None
         self.line = line
         self.column = column
-        self.hint = hint
+        self.hint = redact_text(hint) if hint is not None else None
 
     def __str__(self) -> str:
         where = ""

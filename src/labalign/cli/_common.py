@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,6 +15,26 @@ from labalign.config import Settings, load_settings
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+# Knowledge documents on this machine outside the taxonomy are refused unless allowed (a taxonomy is
+# often someone else's pull request); the flag adds to the documents.allowed_roots setting.
+AllowDocuments = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--allow-documents",
+        metavar="DIR",
+        help="Also let knowledge leaves read local documents under DIR (repeatable; setting "
+        "documents.allowed_roots). By default only the taxonomy's own folder is read.",
+    ),
+]
+
+
+def allowed_roots_override(ctx: typer.Context, extra: list[Path] | None) -> list[Path] | None:
+    """documents.allowed_roots with the --allow-documents folders added (None: flag not given)."""
+    if not extra:
+        return None
+    return [*settings(ctx).documents.allowed_roots, *extra]
 
 
 class OutputFormat(StrEnum):

@@ -11,7 +11,9 @@ from rich.text import Text
 
 from labalign import yamlsafe
 from labalign.cli._common import (
+    AllowDocuments,
     OutputFormat,
+    allowed_roots_override,
     console,
     err_console,
     print_json,
@@ -25,6 +27,7 @@ from labalign.documents import (
 from labalign.documents.security import redact
 from labalign.errors import DocumentError
 from labalign.sdg.driver import resolve_leaf_documents
+from labalign.taxonomy.discover import find_root
 
 app = typer.Typer(
     name="documents",
@@ -66,6 +69,7 @@ def chunk_command(
         bool | None,
         typer.Option("--offline", help="Do not fetch; remote documents not in the cache are skipped."),
     ] = None,
+    allow_documents: AllowDocuments = None,
     output_format: Annotated[
         OutputFormat, typer.Option("--format", help="text: a table; json: a list of chunk objects.")
     ] = OutputFormat.text,
@@ -80,12 +84,13 @@ def chunk_command(
             "documents.chunk_tokens": max_tokens,
             "documents.tokenizer": tokenizer,
             "taxonomy.offline": offline,
+            "documents.allowed_roots": allowed_roots_override(ctx, allow_documents),
         },
     )
     budget = s.documents.chunk_tokens
     leaf_file = _leaf_file(leaf, taxonomy)
     source = read_leaf_document(leaf_file)
-    files = resolve_leaf_documents(source, leaf_file.parent, s)
+    files = resolve_leaf_documents(source, leaf_file.parent, find_root(leaf_file), s)
     if files is None:
         message = (
             f"skipped: {redact(source.repo)} is not in the cache and --offline is set "

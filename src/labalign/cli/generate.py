@@ -12,7 +12,15 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
 
-from labalign.cli._common import OutputFormat, console, err_console, print_json, settings
+from labalign.cli._common import (
+    AllowDocuments,
+    OutputFormat,
+    allowed_roots_override,
+    console,
+    err_console,
+    print_json,
+    settings,
+)
 from labalign.errors import LabalignError
 from labalign.jsonl import read_jsonl
 from labalign.sdg.driver import (
@@ -55,6 +63,7 @@ def generate_command(
         typer.Option("--pipeline", help="Pipeline YAML replacing the built-in one of its kind (repeatable)."),
     ] = None,
     offline: Annotated[bool | None, typer.Option("--offline", help="Do not fetch remote documents.")] = None,
+    allow_documents: AllowDocuments = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not use the request cache.")] = False,
 ) -> None:
     """Generate training data from a taxonomy with a teacher model, then filter, dedup and mix it.
@@ -73,6 +82,7 @@ def generate_command(
             "sdg.samples_per_leaf": samples_per_leaf,
             "sdg.seed": seed,
             "taxonomy.offline": offline,
+            "documents.allowed_roots": allowed_roots_override(ctx, allow_documents),
         },
     )
     chosen = select_leaves(load_leaves([taxonomy], ValidationOptions.from_settings(s)), leaves)

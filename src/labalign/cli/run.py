@@ -10,7 +10,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from labalign.cli._common import console, err_console, layered_settings
+from labalign.cli._common import (
+    AllowDocuments,
+    allowed_roots_override,
+    console,
+    err_console,
+    layered_settings,
+)
+from labalign.redact import redact_text
 from labalign.run.manifest import STAGES, Manifest
 from labalign.run.profiles import PROFILES, get_profile
 
@@ -90,6 +97,7 @@ def run_command(
         str | None, typer.Option("--from", help=f"Redo from this stage on: {', '.join(STAGES)}.")
     ] = None,
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="Training processes (GPUs).")] = 1,
+    allow_documents: AllowDocuments = None,
 ) -> None:
     """Validate, generate, train, evaluate and report, in one run directory; run again to resume.
 
@@ -111,6 +119,7 @@ def run_command(
             "sdg.samples_per_leaf": samples_per_leaf,
             "sdg.seed": seed,
             "train.seed": seed,
+            "documents.allowed_roots": allowed_roots_override(ctx, allow_documents),
         },
     )
     run_dir = out or Path("runs") / f"{taxonomy.resolve().name}-{chosen.name}"
@@ -126,7 +135,7 @@ def run_command(
     )
     err_console.print(
         f"run [bold]{escape(str(run_dir))}[/] · profile {chosen.name} ({chosen.summary}) · "
-        f"teacher {escape(s.teacher.model)} · student {escape(student)}",
+        f"teacher {escape(redact_text(s.teacher.model))} · student {escape(redact_text(student))}",
         soft_wrap=True,
         highlight=False,
     )

@@ -90,14 +90,16 @@ def _exec_vllm(model: str, host: str, port: int, api_key: str | None, model_name
         )
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     argv += ["--model", model, "--host", host, "--port", str(port)]
+    env = dict(os.environ)
     if api_key:
-        argv += ["--api-key", api_key]
+        # vLLM reads VLLM_API_KEY when --api-key is absent: a key in argv is visible to anyone's `ps`.
+        env["VLLM_API_KEY"] = api_key
     if model_name:
         argv += ["--served-model-name", model_name]
-    err_console.print(f"starting vLLM: {escape(' '.join(a if a != api_key else '***' for a in argv))}")
+    err_console.print(f"starting vLLM: {escape(' '.join(argv))}")
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, argv)
+    os.execve(sys.executable, argv, env)
 
 
 def serve(

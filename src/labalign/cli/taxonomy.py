@@ -11,7 +11,9 @@ from rich.table import Table
 from rich.text import Text
 
 from labalign.cli._common import (
+    AllowDocuments,
     OutputFormat,
+    allowed_roots_override,
     console,
     err_console,
     print_json,
@@ -79,6 +81,7 @@ def validate(
     offline: bool = typer.Option(None, "--offline", help="Do not fetch remote document repositories."),
     strict: bool = typer.Option(None, "--strict", help="Treat warnings (lint, quality checks) as errors."),
     include_foundational: bool = _FOUNDATIONAL,
+    allow_documents: AllowDocuments = None,
     fmt: OutputFormat = _FORMAT,
 ) -> None:
     """Check qna.yaml files against InstructLab's schemas, yamllint and our quality checks.
@@ -93,6 +96,7 @@ def validate(
             "taxonomy.offline": offline,
             "taxonomy.strict": strict,
             "taxonomy.include_foundational": include_foundational,
+            "documents.allowed_roots": allowed_roots_override(ctx, allow_documents),
         },
     )
     options = ValidationOptions.from_settings(s)
@@ -225,17 +229,24 @@ def show(
     ),
     root: Path = _ROOT,
     offline: bool = typer.Option(None, "--offline", help="Do not fetch remote document repositories."),
+    allow_documents: AllowDocuments = None,
     fmt: OutputFormat = _FORMAT,
 ) -> None:
     """Show one leaf: its description, seed examples and resolved documents.
 
     Example: labalign taxonomy show knowledge/history/vellmoor_island -t examples/taxonomy
     """
-    s = settings(ctx, **{"taxonomy.offline": offline})
+    s = settings(
+        ctx,
+        **{
+            "taxonomy.offline": offline,
+            "documents.allowed_roots": allowed_roots_override(ctx, allow_documents),
+        },
+    )
     leaf = _find_leaf(ctx, leaf_name, root)
     files = None
     if leaf.document is not None:
-        files = resolve_leaf_documents(leaf.document, leaf.path.parent, s)
+        files = resolve_leaf_documents(leaf.document, leaf.path.parent, leaf.taxonomy_root, s)
     if fmt is OutputFormat.json:
         print_json(
             {

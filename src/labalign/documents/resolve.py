@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import stat
+from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from labalign.documents.fetch import GitCache
 from labalign.documents.patterns import expand
@@ -26,6 +28,7 @@ def resolve_documents(
     *,
     base_dir: Path,
     cache_dir: Path,
+    allowed_roots: Sequence[Path],
     offline: bool = False,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> list[DocumentFile] | None:
@@ -37,6 +40,10 @@ def resolve_documents(
     - Any other `repo` is a local folder, absolute or relative to `base_dir` (the leaf's folder). It is
       read as it is on disk (its working tree): `commit` is not checked, and `DocumentFile.commit`
       is None.
+    - `allowed_roots`: a local folder, and the path of a ``file://`` repository, must lie inside one of
+      these folders (the taxonomy root first, then what the user allowed) once every symbolic link is
+      followed: a taxonomy is often someone else's pull request, and its documents go to the teacher
+      (possibly remote) and into training, so it may not point at the machine's other files.
     - `offline`: a git repository whose commit is not cached yet is skipped (returns None).
 
     Each pattern must match at least one file. Matched folders are skipped; a file (or link) that
@@ -49,7 +56,10 @@ def resolve_documents(
         check_commit(source.commit, repo=source.repo)  # raises: '-' could become a git option
     if kind is RepoKind.LOCAL:
         root = _local_root(source.repo, Path(base_dir))
+        _check_allowed(source.repo, root, allowed_roots)
         return _collect(root, patterns, source, commit=None, max_file_bytes=max_file_bytes)
+    if source.repo.lower().startswith("file:"):
+        _check_allowed(source.repo, Path(unquote(urlsplit(source.repo).path)).resolve(), allowed_roots)
     commit = check_commit(source.commit, repo=source.repo)
     found = GitCache(Path(cache_dir), source.repo).checkout(commit, offline=offline)
     if found is None:
@@ -69,6 +79,20 @@ def _local_root(repo: str, base_dir: Path) -> Path:
             hint = "for ssh write user@host:org/repo.git (e.g. git@github.com:org/repo.git)"
         raise DocumentError(f"document folder {repo!r} {what} (looked at {path})", hint=hint)
     return path.resolve()
+
+
+def _check_allowed(repo: str, path: Path, allowed_roots: Sequence[Path]) -> None:
+    roots = [Path(r).expanduser().resolve() for r in allowed_roots]
+    if any(is_within(root, path) for root in roots):
+        return
+    inside = roots[0] if roots else None
+    raise DocumentError(
+        f"document folder {repo!r} is outside the taxonomy"
+        + (f" ({inside})" if inside else "")
+        + f": it resolves to {path}",
+        hint="move the documents inside the taxonomy, use a git URL, or allow that folder with "
+        "documents.allowed_roots in labalign.yaml (or --allow-documents DIR)",
+    )
 
 
 def _collect(

@@ -43,6 +43,7 @@ from labalign.llm.types import (
     Message,
     ResultCallback,
 )
+from labalign.redact import redact_text
 
 _URL_HINT = "use the server's OpenAI-compatible base URL, e.g. http://localhost:8000/v1"
 
@@ -135,7 +136,7 @@ class OpenAIBackend:
             if urlsplit(self.base_url).scheme == "https" and not is_loopback_host(host):
                 env = self._settings.api_key_env
                 raise LabalignError(
-                    f"no API key for {self.base_url}: the environment variable {env} is not set",
+                    f"no API key for {redact_text(self.base_url)}: the environment variable {env} is not set",
                     hint=f"export {env}=<key> (any value, e.g. EMPTY, for a server without authentication)",
                 )
             key = "EMPTY"
@@ -152,7 +153,7 @@ class OpenAIBackend:
         """`openai:{base_url}:{model}`; resolving the model may list the server's models once."""
         model = self._model if self._model is not None else self._resolve_model_sync()
         suffix = "" if self._settings.use_chat_endpoint else ":default-template"
-        return f"openai:{self.base_url}:{model}{suffix}"
+        return f"openai:{redact_text(self.base_url)}:{model}{suffix}"  # a cache key: no credentials
 
     @property
     def context_window(self) -> int | None:
@@ -267,7 +268,11 @@ class OpenAIBackend:
             bad_bodies += failure.kind == "bad_response"
             if not self._should_retry(failure, attempts, bad_bodies):
                 raise LLMCallError(
-                    LLMError(failure.kind, f"listing models at {self.base_url}: {failure.message}", attempts)
+                    LLMError(
+                        failure.kind,
+                        f"listing models at {redact_text(self.base_url)}: {failure.message}",
+                        attempts,
+                    )
                 )
             await asyncio.sleep(self._wait(attempts, failure))
 
@@ -295,7 +300,7 @@ class OpenAIBackend:
                     bad_bodies += failure.kind == "bad_response"
                     if not self._should_retry(failure, attempts, bad_bodies):
                         raise LabalignError(
-                            f"cannot list the models of {self.base_url}: {failure.message}",
+                            f"cannot list the models of {redact_text(self.base_url)}: {failure.message}",
                             hint="is the server running? Or name the model in settings llm.model_name",
                         ) from None
                     time.sleep(self._wait(attempts, failure))

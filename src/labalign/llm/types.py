@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from labalign.redact import redact_text
+
 Role = Literal["system", "user", "assistant"]
 
 
@@ -92,6 +94,10 @@ class LLMError:
     kind: ErrorKind
     message: str
     attempts: int = 1
+
+    def __post_init__(self) -> None:
+        # Failures are stored in samples and reports; a server's message may quote its URL.
+        object.__setattr__(self, "message", redact_text(self.message))
 
 
 class LLMCallError(Exception):

@@ -24,6 +24,7 @@ from markupsafe import Markup
 from labalign import __version__
 from labalign.errors import LabalignError
 from labalign.jsonl import iter_jsonl
+from labalign.redact import redact_text
 from labalign.run.manifest import STAGES, Manifest, load_manifest
 
 REPORT_FILE = "report.html"
@@ -90,7 +91,7 @@ def render_report(run_dir: Path) -> Path:
     html = _environment().get_template("report.html.j2").render(**build_context(run_dir, manifest))
     out = run_dir / REPORT_FILE
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
+    tmp.write_text(redact_text(html), encoding="utf-8")  # no URL credentials, whatever a section quotes
     os.replace(tmp, out)  # a reader never sees half a report
     return out
 

@@ -40,7 +40,7 @@ def collect_inputs(
     for leaf in leaves:
         if leaf.document is None:
             continue
-        files = resolve_leaf_documents(leaf.document, leaf.path.parent, settings) or []
+        files = resolve_leaf_documents(leaf.document, leaf.path.parent, leaf.taxonomy_root, settings) or []
         for f in files:
             # A git document is pinned by its commit; its content hash still catches a dirty cache.
             out[f"documents/{leaf.name}/{f.relpath}"] = file_sha256(f.path)

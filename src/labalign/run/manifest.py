@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from labalign.errors import LabalignError
+from labalign.redact import redact_text
 
 MANIFEST = "manifest.json"
 STAGES = ("validate", "generate", "train", "evaluate", "report")
@@ -58,7 +59,8 @@ class Manifest(BaseModel):
     def save(self, run_dir: Path) -> None:
         self.updated = now()
         tmp = run_dir / (MANIFEST + ".tmp")
-        tmp.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        # Every string is redacted again here, so that no stage summary or error can store a secret.
+        tmp.write_text(redact_text(self.model_dump_json(indent=2)) + "\n", encoding="utf-8")
         os.replace(tmp, run_dir / MANIFEST)
 
 

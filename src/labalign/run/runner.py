@@ -20,6 +20,7 @@ from rich.console import Console
 from labalign.config import Settings
 from labalign.errors import LabalignError
 from labalign.evaluate.questions import default_heldout_dir
+from labalign.redact import redact_argv, redact_data
 from labalign.run.inputs import changed_inputs, changed_settings, collect_inputs, fingerprint, subset
 from labalign.run.manifest import STAGES, Manifest, StageRecord, load_manifest, now
 from labalign.run.profiles import Profile
@@ -205,16 +206,17 @@ class Runner:
             previous = load_manifest(self.run_dir)
             self.manifest = previous.model_copy(deep=True) if previous else Manifest()
             o = self.options
-            self.manifest.command = o.command
+            self.manifest.command = redact_argv(o.command)
             self.manifest.taxonomy = str(o.taxonomy)
             self.manifest.profile = o.profile.name
-            self.manifest.models = {
+            models = {
                 "teacher": self.settings.teacher.model,
                 "judge": self.settings.sdg.judge,
                 "student": o.student,
                 "eval_judge": o.eval_judge,
             }
-            self.manifest.settings = self.settings.model_dump(mode="json", exclude={"cache_dir"})
+            self.manifest.models = redact_data(models)
+            self.manifest.settings = redact_data(self.settings.model_dump(mode="json", exclude={"cache_dir"}))
             self.manifest.versions = versions()
             ctx = self._context()
             stage = "validate"

@@ -45,12 +45,16 @@ def select_leaves(leaves: list[Leaf], wanted: Sequence[str] | None) -> list[Leaf
     return chosen
 
 
-def resolve_leaf_documents(source: DocumentSource, base_dir: Path, s: Settings) -> list[DocumentFile] | None:
-    """A leaf's document files per the settings (cache, offline, size limit); None: offline + remote."""
+def resolve_leaf_documents(
+    source: DocumentSource, leaf_dir: Path, taxonomy_root: Path, s: Settings
+) -> list[DocumentFile] | None:
+    """A leaf's document files per the settings (cache, offline, size limit, the folders local
+    documents may come from: the taxonomy root and documents.allowed_roots); None: offline + remote."""
     return resolve_documents(
         source,
-        base_dir=base_dir,
+        base_dir=leaf_dir,
         cache_dir=s.cache_dir,
+        allowed_roots=(taxonomy_root, *s.documents.allowed_roots),
         offline=s.taxonomy.offline,
         max_file_bytes=int(s.documents.max_file_mb * 2**20),
     )
@@ -64,7 +68,7 @@ def leaf_inputs(leaves: list[Leaf], s: Settings) -> list[LeafInput]:
         if leaf.document is None:
             jobs.append(LeafInput(leaf))
             continue
-        files = resolve_leaf_documents(leaf.document, leaf.path.parent, s)
+        files = resolve_leaf_documents(leaf.document, leaf.path.parent, leaf.taxonomy_root, s)
         if files is None:
             raise LabalignError(
                 f"documents of {leaf.name} are remote and not cached, and --offline is set",

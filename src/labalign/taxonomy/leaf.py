@@ -39,6 +39,12 @@ class Leaf:
     seed_examples: tuple[SeedExample, ...]
     document: DocumentSource | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    root: Path | None = field(default=None, compare=False)  # the taxonomy root it was found under
+
+    @property
+    def taxonomy_root(self) -> Path:
+        """The folder a leaf's local documents must lie in (its own folder when found alone)."""
+        return self.root if self.root is not None else self.path.parent
 
     @property
     def question_count(self) -> int:
@@ -46,7 +52,13 @@ class Leaf:
 
 
 def build_leaf(
-    name: str, path: Path, version: int, schema_name: str, data: dict[str, Any], lines: list[int]
+    name: str,
+    path: Path,
+    version: int,
+    schema_name: str,
+    data: dict[str, Any],
+    lines: list[int],
+    root: Path | None = None,
 ) -> Leaf:
     """Turn schema-valid data into a Leaf; `lines` are the seed examples' line numbers."""
     seeds: list[SeedExample] = []
@@ -81,4 +93,5 @@ def build_leaf(
         seed_examples=tuple(seeds),
         document=document,
         raw=data,
+        root=root,
     )

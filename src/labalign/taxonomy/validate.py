@@ -37,6 +37,7 @@ class ValidationOptions:
     tokenizer: str | None = None
     cache_dir: Path | None = None
     max_document_bytes: int = 50 * 2**20
+    allowed_roots: tuple[Path, ...] = ()  # besides the taxonomy root (documents.allowed_roots)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ValidationOptions:
@@ -53,6 +54,7 @@ class ValidationOptions:
             tokenizer=settings.documents.tokenizer,
             cache_dir=settings.cache_dir,
             max_document_bytes=int(settings.documents.max_file_mb * 2**20),
+            allowed_roots=tuple(settings.documents.allowed_roots),
         )
         return cls(**{**base.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
 
@@ -150,7 +152,7 @@ def _validate_into(
         return None
 
     lines = [where.at(["seed_examples", i])[0] for i in range(len(data.get("seed_examples", [])))]
-    leaf = build_leaf(tf.leaf_name, tf.path, version, name, dict(data), lines)
+    leaf = build_leaf(tf.leaf_name, tf.path, version, name, dict(data), lines, root=tf.root)
     checks.check_duplicate_questions(leaf, report, where)
     checks.check_ignored_keys(leaf, report, where)
     checks.check_lengths(leaf, report, where, options.max_context_words, options.max_answer_words)
@@ -184,6 +186,7 @@ def _check_document(
             source,
             base_dir=tf.path.parent,
             cache_dir=options.cache_dir or default_cache_dir(),
+            allowed_roots=(tf.root, *options.allowed_roots),
             offline=options.offline,
             max_file_bytes=options.max_document_bytes,
         )
