@@ -96,6 +96,29 @@ def test_unreadable_rows_are_misses_and_bad_files_are_user_errors(tmp_path: Path
         RequestCache(tmp_path / "dir.sqlite")
 
 
+def test_a_damaged_cache_is_set_aside_before_the_model_opens(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from labalign.llm import resolve
+
+    path = tmp_path / "cache.sqlite"
+    path.write_bytes(b"this is not an SQLite file, it only has the name" * 100)
+    opened: list[bool] = []
+
+    def open_backend(spec: str, **kw: object) -> ScriptedBackend:
+        opened.append(path.is_file() and path.read_bytes().startswith(b"SQLite format 3"))
+        return ScriptedBackend()
+
+    monkeypatch.setattr(resolve, "open_backend", open_backend)
+    backend = resolve.open_cached_backend("any", path)
+    results, _ = run(backend, [ask("x")])
+    assert results[0].ok and opened == [True]  # a fresh cache already existed when the model opened
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("cache.sqlite.damaged-")]
+    assert len(kept) == 1 and kept[0].read_bytes().startswith(b"this is not")  # nothing deleted
+    err = capsys.readouterr().err
+    assert "is damaged" in err and "starting a new one" in err and "Traceback" not in err
+
+
 def test_threads_share_one_cache(tmp_path: Path) -> None:
     cache = RequestCache(tmp_path / "c.sqlite")
     answer = CachedAnswer((Choice("t", "stop"),), 1, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,13 @@ def test_cli_generate_data_stats_and_show(tmp_path: Path, monkeypatch: pytest.Mo
     assert result.exit_code == 0 and result.output.count("user:") == 2
     result = runner.invoke(app, ["data", "show", str(out), "--leaf", "nope"])
     assert result.exit_code == 1 and "no samples for leaf 'nope'" in result.output
+    # A leaf name that walks out of the folder reads nothing, even where a samples.jsonl waits.
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "samples.jsonl").write_text((out / "leaves" / leaf / "samples.jsonl").read_text())
+    escape = os.path.relpath(outside, out / "leaves")
+    result = runner.invoke(app, ["data", "show", str(out), "--leaf", escape])
+    assert result.exit_code == 1 and "no samples for leaf" in result.output and "user:" not in result.output
     result = runner.invoke(app, ["generate", str(EXAMPLES), "--out", str(out), "--leaves", "nothing/here"])
     assert result.exit_code == 1 and "no leaf matches" in result.output
 

@@ -54,13 +54,19 @@ def small_taxonomy(tmp_path: Path) -> Path:
     return taxonomy
 
 
-def test_planted_secret_is_nowhere_in_the_run(small_taxonomy: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model_name", [None, "m"])  # None: the model list fails; "m": every request
+def test_planted_secret_is_nowhere_in_the_run(
+    small_taxonomy: Path, tmp_path: Path, model_name: str | None
+) -> None:
     out = tmp_path / "run"
     env = {"LABALIGN_LLM__MAX_ATTEMPTS": "1", "LABALIGN_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "300"}
+    if model_name:
+        env["LABALIGN_LLM__MODEL_NAME"] = model_name
     argv = ["run", str(small_taxonomy), "--out", str(out), "--teacher", URL, "--judge", URL]
     result = CliRunner().invoke(app, argv, env=env)
     assert result.exit_code == 1, result.output
-    assert "127.0.0.1:9" in result.output  # the failure names the server...
+    assert "127.0.0.1:9" in result.output or "every teacher call failed" in result.output
+    assert "Traceback" not in result.output
     assert SECRET not in result.output  # ...without its credentials
     written = [p for p in out.rglob("*") if p.is_file()]
     assert any(p.name == "manifest.json" for p in written)

@@ -21,7 +21,9 @@ from labalign.cli._common import (
     print_json,
     settings,
 )
+from labalign.dirlock import locked
 from labalign.errors import LabalignError
+from labalign.interrupts import stop_promptly
 from labalign.jsonl import read_jsonl
 from labalign.sdg.driver import (
     empty_leaf_warnings,
@@ -91,12 +93,12 @@ def generate_command(
         p = load_pipeline(path)
         pipelines[p.config.kind] = p
     jobs = leaf_inputs(chosen, s)
-    out.mkdir(parents=True, exist_ok=True)
     cache = None if no_cache else out / "cache.sqlite"
-    teacher_backend = open_teacher(s.teacher.model, s, cache)
-    judge_backend = open_teacher(s.sdg.judge, s, cache) if s.sdg.judge else None
     options = options_from_settings(s, pipelines)
-    result = asyncio.run(run_generation(jobs, teacher_backend, judge_backend, out, options, err_console))
+    with locked(out, what="labalign generate"), stop_promptly("run the same command again to resume"):
+        teacher_backend = open_teacher(s.teacher.model, s, cache)
+        judge_backend = open_teacher(s.sdg.judge, s, cache) if s.sdg.judge else None
+        result = asyncio.run(run_generation(jobs, teacher_backend, judge_backend, out, options, err_console))
     stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
     console.print(funnel_table(stats))
     for warning in empty_leaf_warnings(stats):
@@ -144,11 +146,11 @@ def data_show(
 
     Example: labalign data show data/ --leaf compositional_skills/writing/formal_business_rewrite -n 3
     """
-    path = out / "leaves" / leaf.strip("/") / "samples.jsonl"
-    if not path.is_file():
-        known = sorted(
-            p.parent.relative_to(out / "leaves").as_posix() for p in (out / "leaves").rglob("samples.jsonl")
-        )
+    # Only the leaves this folder holds: --leaf is a name, never a path to read elsewhere (../..).
+    leaves_dir = out / "leaves"
+    known = sorted(p.parent.relative_to(leaves_dir).as_posix() for p in leaves_dir.rglob("samples.jsonl"))
+    path = leaves_dir / leaf.strip("/") / "samples.jsonl"
+    if leaf.strip("/") not in known:
         raise LabalignError(
             f"no samples for leaf {leaf!r}", path=out, hint=f"leaves: {', '.join(known) or 'none'}"
         )

@@ -29,6 +29,7 @@ from labalign.taxonomy import (
     ValidationResult,
     changed_files,
     discover,
+    require_files,
     validate_files,
     validate_paths,
 )
@@ -100,7 +101,8 @@ def validate(
         },
     )
     options = ValidationOptions.from_settings(s)
-    files = discover(paths or [s.taxonomy.path], include_foundational=options.include_foundational)
+    given = paths or [s.taxonomy.path]
+    files = require_files(discover(given, include_foundational=options.include_foundational), given)
     result = _validate_with_progress(files, options)
     if fmt is OutputFormat.json:
         print_json(result.report.as_dict())

@@ -13,10 +13,9 @@ from labalign.llm.types import Backend
 def open_model(spec: str, settings: Settings, cache_path: Path) -> Backend:
     """A backend for `spec` whose answers are cached in `cache_path`: re-running an evaluation (or
     building the report again) does not regenerate a single answer."""
-    from labalign.llm.cache import CachedBackend
-    from labalign.llm.resolve import open_backend
+    from labalign.llm.resolve import open_cached_backend
 
-    return CachedBackend(open_backend(spec, settings=settings.llm, cache_dir=settings.cache_dir), cache_path)
+    return open_cached_backend(spec, cache_path, settings=settings.llm, cache_dir=settings.cache_dir)
 
 
 def is_url(spec: str) -> bool:

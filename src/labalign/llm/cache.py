@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
 
 from labalign.errors import LabalignError
 from labalign.llm.types import Backend, Choice, LLMRequest, LLMResult, ResultCallback
@@ -74,25 +78,63 @@ class RequestCache:
     def __init__(self, path: Path, *, busy_timeout_s: float = 60.0) -> None:
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Autocommit (isolation_level=None): each put is its own short transaction, so a
-            # SIGKILL loses at most the answer being written, and writers never hold the lock long.
-            self._conn = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            self._conn = self._connect(busy_timeout_s)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):  # permissions, a folder in the way, a lock
+                raise LabalignError(
+                    f"cannot open the request cache: {exc}",
+                    path=self.path,
+                    hint="check the folder's permissions, or point the run elsewhere",
+                ) from exc
+            # Not a database, or damaged: keep it for inspection and start afresh rather than stop a
+            # run over answers that can be asked again.
+            aside = self._move_aside()
+            Console(stderr=True).print(
+                f"[yellow]warning:[/] the request cache {escape(str(self.path))} is damaged "
+                f"({escape(str(exc))}); moved to {escape(aside.name)} and starting a new one (its "
+                "answers will be asked again)",
+                soft_wrap=True,
+                highlight=False,
             )
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL mode: committed data survives a process crash (not a power cut),
-            # at a fraction of FULL's fsync cost per answer.
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.execute(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise LabalignError(
-                f"cannot open the request cache: {exc}",
-                path=self.path,
-                hint="delete the file to start a fresh cache, or check its folder's permissions",
-            ) from exc
+            try:
+                self._conn = self._connect(busy_timeout_s)
+            except sqlite3.Error as again:
+                raise LabalignError(f"cannot open the request cache: {again}", path=self.path) from again
         self._lock = threading.Lock()
+
+    def _connect(self, busy_timeout_s: float) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LabalignError(f"cannot create the request cache's folder: {exc}", path=self.path) from exc
+        # Autocommit (isolation_level=None): each put is its own short transaction, so a SIGKILL
+        # loses at most the answer being written, and writers never hold the lock long.
+        conn = sqlite3.connect(
+            self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode: committed data survives a process crash (not a power cut), at a
+            # fraction of FULL's fsync cost per answer.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(_SCHEMA)
+            # Damage found now, before any model loads, rather than halfway through a run.
+            problem = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if problem != "ok":
+                raise sqlite3.DatabaseError(f"integrity check: {problem}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _move_aside(self) -> Path:
+        aside = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                os.replace(source, Path(f"{aside}{suffix}"))
+        return aside
 
     def get_many(self, keys: Iterable[str]) -> dict[str, CachedAnswer]:
         wanted = list(dict.fromkeys(keys))
@@ -141,9 +183,9 @@ class RequestCache:
 class CachedBackend:
     """`Backend` that answers from the cache when it can and stores every new answer as it arrives."""
 
-    def __init__(self, backend: Backend, cache_path: Path) -> None:
+    def __init__(self, backend: Backend, cache: Path | RequestCache) -> None:
         self._inner = backend
-        self.cache = RequestCache(cache_path)
+        self.cache = cache if isinstance(cache, RequestCache) else RequestCache(cache)
         self._identity: str | None = None
         self._hits = 0
         self._misses = 0

@@ -21,6 +21,7 @@ from labalign.config import default_cache_dir
 from labalign.errors import LabalignError
 
 if TYPE_CHECKING:
+    from labalign.llm.cache import CachedBackend
     from labalign.llm.settings import LLMSettings
     from labalign.llm.types import Backend
 
@@ -174,3 +175,19 @@ def _transformers(model_dir: Path, settings: LLMSettings | None) -> Backend:
 
     batch = (settings or LLMSettings()).local_batch_size
     return TransformersBackend(model_dir, batch_size=batch)
+
+
+def open_cached_backend(
+    spec: str, cache_path: Path, *, settings: LLMSettings | None = None, cache_dir: Path | None = None
+) -> CachedBackend:
+    """`open_backend` behind a request cache at `cache_path` (resume without asking twice). The cache
+    opens first: a damaged one is found, and set aside, before a model takes a minute to load."""
+    from labalign.llm.cache import CachedBackend, RequestCache
+
+    cache = RequestCache(cache_path)
+    try:
+        backend = open_backend(spec, settings=settings, cache_dir=cache_dir)
+    except BaseException:
+        cache.close()
+        raise
+    return CachedBackend(backend, cache)

@@ -4,22 +4,20 @@ around each, resumed where the last attempt stopped, redone from wherever an inp
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.metadata
 import platform
-import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich.console import Console
 
 from labalign.config import Settings
+from labalign.dirlock import locked
 from labalign.errors import LabalignError
 from labalign.evaluate.questions import default_heldout_dir
+from labalign.interrupts import stop_promptly
 from labalign.redact import redact_argv, redact_data
 from labalign.run.inputs import changed_inputs, changed_settings, collect_inputs, fingerprint, subset
 from labalign.run.manifest import STAGES, Manifest, StageRecord, load_manifest, now
@@ -58,39 +56,6 @@ def versions() -> dict[str, str]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[name] = importlib.metadata.version(name)
     return out
-
-
-@contextlib.contextmanager
-def _locked(run_dir: Path) -> Iterator[None]:
-    """One run per directory at a time: a second one would interleave checkpoints and caches."""
-    with (run_dir / ".lock").open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LabalignError(
-                "another labalign run is working in this directory",
-                path=run_dir,
-                hint="wait for it to finish, or stop it (Ctrl-C) and run again to resume",
-            ) from None
-        yield
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """`kill` (SIGTERM) stops a run as cleanly as Ctrl-C does."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (tests): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _fingerprints(options: RunOptions, settings: Settings, inputs: dict[str, str]) -> dict[str, str]:
@@ -202,7 +167,7 @@ class Runner:
 
     def run(self) -> Manifest:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with _locked(self.run_dir), _sigterm_as_interrupt():
+        with locked(self.run_dir), stop_promptly("run the same command again to resume"):
             previous = load_manifest(self.run_dir)
             self.manifest = previous.model_copy(deep=True) if previous else Manifest()
             o = self.options

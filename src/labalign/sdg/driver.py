@@ -3,6 +3,7 @@ settings, the teacher behind the request cache, progress bars per leaf, and the 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from labalign.errors import LabalignError
 from labalign.llm.types import Backend
 from labalign.sdg.generate import GenerateOptions, GenerateResult, LeafInput, generate
 from labalign.sdg.pipeline import Pipeline, PipelineKind
+from labalign.sdg.stats import failed_calls
 from labalign.taxonomy import Leaf
 
 
@@ -91,11 +93,11 @@ def leaf_inputs(leaves: list[Leaf], s: Settings) -> list[LeafInput]:
 
 def open_teacher(spec: str, s: Settings, cache_path: Path | None) -> Backend:
     """The model behind a spec, behind the request cache when one is given (resume without re-asking)."""
-    from labalign.llm.cache import CachedBackend
-    from labalign.llm.resolve import open_backend
+    from labalign.llm.resolve import open_backend, open_cached_backend
 
-    backend = open_backend(spec, settings=s.llm, cache_dir=s.cache_dir)
-    return CachedBackend(backend, cache_path) if cache_path is not None else backend
+    if cache_path is None:
+        return open_backend(spec, settings=s.llm, cache_dir=s.cache_dir)
+    return open_cached_backend(spec, cache_path, settings=s.llm, cache_dir=s.cache_dir)
 
 
 def options_from_settings(
@@ -148,13 +150,32 @@ async def run_generation(
             progress.update(tasks[leaf], description=block, completed=done, total=total)
 
         try:
-            return await generate(
+            result = await generate(
                 jobs, teacher=teacher, judge=judge, out_dir=out, options=options, on_event=on_event
             )
         finally:
             await teacher.aclose()
             if judge is not None and judge is not teacher:
                 await judge.aclose()
+    _raise_if_every_call_failed(out)
+    return result
+
+
+def _raise_if_every_call_failed(out: Path) -> None:
+    """A teacher that answered nothing (down, wrong URL, wrong key) is an error, not an empty dataset
+    that training would then run on. What was generated stays; a rerun asks only what is missing."""
+    stats_path = out / "stats.json"
+    if not stats_path.is_file():
+        return
+    calls, failed, kinds = failed_calls(json.loads(stats_path.read_text(encoding="utf-8")))
+    if calls and failed >= calls:
+        why = ", ".join(f"{kind} {n}" for kind, n in kinds.most_common())
+        raise LabalignError(
+            f"every teacher call failed ({calls} calls: {why})",
+            path=stats_path,
+            hint="check that the teacher (and judge) is running and reachable, with the right model name "
+            "and key; then run the same command again",
+        )
 
 
 def funnel_table(stats: dict[str, Any]) -> Table:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,3 +56,17 @@ class LeafStats:
             "unasked_facts": self.unasked_facts,
             "stages": [s.as_dict() for s in self.stages.values()],
         }
+
+
+def failed_calls(stats: dict[str, Any]) -> tuple[int, int, Counter[str]]:
+    """From stats.json: (teacher calls made, of them failed, failures by kind). Failures are never
+    cached, so every failed result was a call of this run."""
+    calls = sum(int(leaf.get("teacher_calls") or 0) for leaf in stats.get("leaves", []))
+    kinds: Counter[str] = Counter()
+    for leaf in stats.get("leaves", []):
+        for stage in leaf.get("stages", []):
+            for counts in (stage.get("dropped") or {}, stage.get("kept_without_output") or {}):
+                for reason, n in counts.items():
+                    if reason.startswith("error:"):
+                        kinds[reason.removeprefix("error:")] += int(n)
+    return calls, sum(kinds.values()), kinds

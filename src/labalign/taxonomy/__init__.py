@@ -1,7 +1,7 @@
 """Taxonomies: discovery, InstructLab-compatible validation, diff, and leaves for generation."""
 
 from labalign.taxonomy.diff import DiffResult, changed_files
-from labalign.taxonomy.discover import TaxonomyFile, discover, find_root
+from labalign.taxonomy.discover import TaxonomyFile, discover, find_root, require_files
 from labalign.taxonomy.leaf import Leaf, LeafKind, QnA, SeedExample
 from labalign.taxonomy.problems import FileReport, Problem, ValidationReport
 from labalign.taxonomy.validate import (
@@ -28,6 +28,7 @@ __all__ = [
     "discover",
     "find_root",
     "load_leaves",
+    "require_files",
     "validate_files",
     "validate_paths",
 ]

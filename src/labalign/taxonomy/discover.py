@@ -83,10 +83,30 @@ def discover(paths: Iterable[Path], *, include_foundational: bool = False) -> li
                 continue
         for folder in search:
             for candidate in sorted(folder.rglob("*")):
+                if is_leaf_name(candidate.name) and candidate.is_dir() and not _hidden(candidate, folder):
+                    # Skipping it would drop a leaf without a word.
+                    raise TaxonomyError(
+                        f"{candidate.name} is a folder, not a file",
+                        path=candidate,
+                        hint="a leaf is a qna.yaml file; rename or remove the folder",
+                    )
                 if candidate.is_file() and is_leaf_name(candidate.name) and not _hidden(candidate, folder):
                     resolved = candidate.resolve()
                     found.setdefault(resolved, TaxonomyFile(resolved, file_root))
     return sorted(found.values(), key=lambda f: (f.root.as_posix(), f.relpath))
+
+
+def require_files(files: list[TaxonomyFile], paths: Iterable[Path]) -> list[TaxonomyFile]:
+    """`files`, or a one-line error when there are none: an empty taxonomy is a mistake (a wrong
+    path, say), found before any model loads."""
+    if not files:
+        where = ", ".join(str(p) for p in paths) or "."
+        raise TaxonomyError(
+            f"no leaves (qna.yaml files) under {where}",
+            hint="give the taxonomy root (the folder that holds compositional_skills/ and knowledge/), "
+            "a folder below it, or qna.yaml files",
+        )
+    return files
 
 
 def _hidden(path: Path, base: Path) -> bool:

@@ -12,7 +12,7 @@ from labalign.config import Settings, TaxonomySettings, default_cache_dir
 from labalign.documents import DocumentError, DocumentSource, resolve_documents, token_counter
 from labalign.errors import LabalignError, TaxonomyError
 from labalign.taxonomy import checks, schema
-from labalign.taxonomy.discover import LEAF_FILE, TaxonomyFile, discover
+from labalign.taxonomy.discover import LEAF_FILE, TaxonomyFile, discover, require_files
 from labalign.taxonomy.leaf import Leaf, build_leaf
 from labalign.taxonomy.lint import lint
 from labalign.taxonomy.problems import FileReport, ValidationReport
@@ -68,7 +68,8 @@ class ValidationResult:
 def validate_paths(paths: Iterable[Path], options: ValidationOptions | None = None) -> ValidationResult:
     """Validate every taxonomy file found under `paths` (roots, sub-folders or files)."""
     options = options or ValidationOptions()
-    files = discover(paths, include_foundational=options.include_foundational)
+    paths = list(paths)
+    files = require_files(discover(paths, include_foundational=options.include_foundational), paths)
     return validate_files(files, options)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from labalign.errors import LabalignError
 from labalign.train.model import Student
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -79,9 +81,17 @@ def copy_checkpoint(src: Path, dest: Path) -> None:
 
 
 def rng_state() -> dict[str, Any]:
+    """Every RNG's state as tensors and Python scalars only, so that it loads with weights_only=True."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (
+            str(kind),
+            torch.from_numpy(np.asarray(keys).astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -91,7 +101,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -121,14 +132,29 @@ def save_train_state(dest: Path, state: TrainState) -> None:
 
 
 def load_train_state(src: Path) -> TrainState:
+    """A saved state, read without running any code from it: tensors (safetensors), JSON, and .pt files
+    loaded with weights_only=True (tensors and plain containers only). A checkpoint folder may come from
+    someone else, and unpickling it would run whatever it holds."""
     return TrainState(
         trainable=load_file(src / "trainable.safetensors"),
-        # weights_only=False: RNG states hold numpy arrays and Python tuples; these files are our own.
-        optimizer=torch.load(src / "optimizer.pt", weights_only=False),
-        scheduler=torch.load(src / "scheduler.pt", weights_only=False),
-        rng=torch.load(src / "rng.pt", weights_only=False),
+        optimizer=_load_plain(src / "optimizer.pt"),
+        scheduler=_load_plain(src / "scheduler.pt"),
+        rng=_load_plain(src / "rng.pt"),
         progress=json.loads((src / "progress.json").read_text()),
     )
+
+
+def _load_plain(path: Path) -> Any:
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:
+        raise LabalignError(
+            "this training state holds more than tensors and plain values and would need unpickling, "
+            "which can run code; it is refused",
+            path=path,
+            hint="it was written by an older labalign or by someone else: retrain that phase (delete its "
+            "state/ folder, or run with --from train)",
+        ) from None
 
 
 def step_dirs(root: Path) -> dict[int, Path]:

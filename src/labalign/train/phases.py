@@ -17,6 +17,7 @@ from labalign.config import default_cache_dir
 from labalign.errors import LabalignError
 from labalign.train import checkpoint as ckpt
 from labalign.train.anchor import BaseTargets, base_targets
+from labalign.train.data import read_samples
 from labalign.train.distributed import DistContext, barrier, broadcast_object, init_distributed, shutdown
 from labalign.train.general import GeneralValidation, replay_epochs, split_general, validation
 from labalign.train.interpolate import interpolate_checkpoint
@@ -412,6 +413,7 @@ def train(config: TrainConfig, *, on_phase_start: Callable[[PhaseSpec], None] | 
         config = dataclasses.replace(config, replay=Path(config.settings.replay_data).expanduser())
     if config.phase1 is None and config.phase2 is None:
         raise LabalignError("no training data", hint="pass --phase1 and/or --phase2")
+    _check_data_files(config)
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
@@ -422,6 +424,15 @@ def train(config: TrainConfig, *, on_phase_start: Callable[[PhaseSpec], None] | 
     finally:
         if bars:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def _check_data_files(config: TrainConfig) -> None:
+    """Read every data file once before the model is found or converted (30 s, minutes the first
+    time): a broken line is reported at once, naming its file and line."""
+    replay = config.replay if config.settings.replay_ratio > 0 else None
+    for flag, path in (("--phase1", config.phase1), ("--phase2", config.phase2), ("--replay-data", replay)):
+        if path is not None:
+            read_samples(path, flag=flag)
 
 
 def _is_empty(path: Path) -> bool:
