@@ -79,6 +79,11 @@ def _broken_data(root: Path) -> Path:
     return path
 
 
+def _empty(root: Path) -> Path:
+    (root / "empty").mkdir()
+    return root / "empty"
+
+
 def _config(root: Path, text: str) -> Path:
     path = root / "labalign.yaml"
     path.write_text(text, encoding="utf-8")
@@ -129,16 +134,13 @@ CASES = [
     Case("folder-named-qna", _folder_named_qna, "qna.yaml", "is a folder"),
     Case(
         "empty-validate",
-        lambda r: (r.joinpath("empty").mkdir(), ["taxonomy", "validate", str(r / "empty")])[1],
+        lambda r: ["taxonomy", "validate", str(_empty(r))],
         "empty",
         "no leaves",
     ),
     Case(
         "empty-generate",
-        lambda r: (
-            r.joinpath("empty").mkdir(),
-            ["generate", str(r / "empty"), "--teacher", DEAD_TEACHER, "--out", str(_generated(r))],
-        )[1],
+        lambda r: ["generate", str(_empty(r)), "--teacher", DEAD_TEACHER, "--out", str(_generated(r))],
         "empty",
         "no leaves",
     ),

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -74,12 +75,24 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+GRACEFUL_SHUTDOWN_S = 5
+
+
 def run_server(app: FastAPI, sock: socket.socket, log_level: str) -> None:
-    """Serve until Ctrl-C (a seam for tests, which do not want a blocking server)."""
+    """Serve until Ctrl-C or SIGTERM (a seam for tests, which do not want a blocking server).
+
+    On the signal, queued requests are answered with 503 at once and running ones get most of the
+    grace period to finish, so nothing is left for uvicorn to cancel (which logs tracebacks)."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if not self.should_exit:
+                app.state.drain(GRACEFUL_SHUTDOWN_S - 1)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    DrainingServer(config).run(sockets=[sock])
 
 
 def _exec_vllm(model: str, host: str, port: int, api_key: str | None, model_name: str | None) -> None:
@@ -119,6 +132,22 @@ def serve(
     engine: Engine = typer.Option(
         Engine.labalign, "--engine", help="labalign (any model, CPU or GPU) or vllm (CUDA, fastest)."
     ),
+    max_wait: float = typer.Option(
+        30.0,
+        "--max-wait",
+        min=1.0,
+        help="Refuse (503, Retry-After) a request the server expects not to finish within this many "
+        "seconds, given the work already taken on.",
+    ),
+    max_queue: int = typer.Option(
+        64, "--max-queue", min=1, help="Most answers (prompts x n) in progress or waiting at once."
+    ),
+    max_request_tokens: int = typer.Option(
+        16384,
+        "--max-request-tokens",
+        min=1,
+        help="Most tokens one request may ask for: prompts x n x max_tokens (400 above).",
+    ),
 ) -> None:
     """Serve a model through an OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions.
 
@@ -142,7 +171,15 @@ def serve(
     try:
         backend = _open_backend(ctx, model)
         name = model_name or default_model_name(model, backend)
-        app = create_app(backend, model_name=name, api_key=api_key, close_backend=True)
+        app = create_app(
+            backend,
+            model_name=name,
+            api_key=api_key,
+            close_backend=True,
+            max_wait_s=max_wait,
+            max_queue=max_queue,
+            max_request_tokens=max_request_tokens,
+        )
         shown = f"[{host}]" if ":" in host else host
         err_console.print(
             f"serving [bold]{escape(name)}[/] at http://{escape(shown)}:{port}/v1  (Ctrl-C stops)",

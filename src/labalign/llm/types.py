@@ -86,6 +86,7 @@ ErrorKind = Literal[
     "context_length",  # prompt + max_tokens over the model's window
     "bad_response",  # a body that could not be parsed
     "internal",  # an exception inside an in-process backend
+    "unavailable",  # a server refusing work for now (overloaded, shutting down)
 ]
 
 

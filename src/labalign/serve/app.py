@@ -1,11 +1,16 @@
 """OpenAI-compatible HTTP server over any `Backend`: /v1/models, /v1/chat/completions, /v1/completions.
 
 Every bad request gets a 4xx JSON error in OpenAI's shape, never a 500: the body is read with a size
-cap, parsed and validated here, not by FastAPI's own (422) validation.
+cap, parsed and validated here, not by FastAPI's own (422) validation. Work is bounded: a request may
+ask for at most `max_request_tokens` (prompts x n x max_tokens), work the server cannot finish within
+`max_wait_s` is refused at once with 503 and Retry-After (serve.admission), a request whose client
+disconnects is withdrawn, and `drain()` (on SIGTERM) answers what is left with 503 instead of leaving
+it to be cancelled mid-flight.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import time
@@ -18,7 +23,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from labalign.llm.types import Backend, LLMCallError, LLMError, LLMRequest, LLMResult
-from labalign.serve.batcher import Batcher
+from labalign.serve.admission import Admission, Overloaded, Ticket
+from labalign.serve.batcher import Batcher, budget_tokens
 from labalign.serve.protocol import (
     ChatCompletionRequest,
     ChunkWriter,
@@ -56,15 +62,22 @@ def create_app(
     api_key: str | None,
     max_body_bytes: int = 1 << 20,
     max_tokens_limit: int = 4096,
+    max_request_tokens: int = 16384,
+    max_wait_s: float = 30.0,
+    max_queue: int = 64,
     batch_window_s: float = 0.005,
     close_backend: bool = False,
 ) -> FastAPI:
     """The server app. `api_key` set: every /v1 route wants `Authorization: Bearer <api_key>`.
 
+    `max_request_tokens`: the most one request may ask for, prompts x n x max_tokens (400 above).
+    `max_wait_s`, `max_queue`: admission (serve.admission); refused requests get 503 and Retry-After.
     `batch_window_s`: requests arriving this close together share one `generate` batch (0: none).
     `close_backend`: close the backend when the app shuts down (the CLI owns its backend this way).
+    The app's `state.drain(grace_s)` starts a quiet shutdown (what `labalign serve` calls on SIGTERM).
     """
-    batcher = Batcher(backend, window_s=batch_window_s)
+    admission = Admission(max_wait_s=max_wait_s, max_queue=max_queue)
+    batcher = Batcher(backend, window_s=batch_window_s, admission=admission)
     started = int(time.time())
     # A request without max_tokens must still fit a small model's window along with its prompt.
     window = backend.context_window
@@ -80,6 +93,23 @@ def create_app(
                 await backend.aclose()
 
     app = FastAPI(title="labalign", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    streams: set[asyncio.Event] = set()  # set one to end its stream early (drain)
+
+    def drain(grace_s: float = 4.0) -> None:
+        """Refuse new work, answer queued requests with 503 now and running ones after `grace_s`,
+        so that no handler is still waiting when the server stops (no CancelledError tracebacks)."""
+        admission.draining = True
+        batcher.fail_waiting("the server is shutting down")
+
+        def stop_running() -> None:
+            batcher.fail_running("the server is shutting down")
+            for stop in streams:
+                stop.set()
+
+        asyncio.get_running_loop().call_later(grace_s, stop_running)
+
+    app.state.drain = drain
+    app.state.admission = admission
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
@@ -162,11 +192,19 @@ def create_app(
             return unauthorized()
         try:
             parsed, llm_requests = await parse(request, model_cls)
+            ticket = admit(llm_requests)
         except _Reject as exc:
             return JSONResponse(exc.body, status_code=exc.status)
+        except Overloaded as exc:
+            return overloaded(exc)
         if parsed.stream and len(llm_requests) == 1 and parsed.n == 1:
-            return await stream_one(llm_requests[0], chat=chat)
-        results = await batcher.submit(llm_requests)
+            return await stream_one(llm_requests[0], ticket, chat=chat)
+        try:
+            results = await until_disconnect(request, batcher.submit(llm_requests))
+        finally:
+            admission.release(ticket)
+        if results is None:  # the client left: nothing to answer
+            return Response(status_code=499)
         error = failed(results)
         if error is not None:
             return error
@@ -177,24 +215,71 @@ def create_app(
             )
         return JSONResponse(render(model_name, results))
 
-    async def stream_one(llm_request: LLMRequest, *, chat: bool) -> Response:
+    def admit(llm_requests: list[LLMRequest]) -> Ticket:
+        prompts = len(llm_requests)
+        tokens = budget_tokens(llm_requests)
+        if tokens > max_request_tokens:
+            n, max_tokens = llm_requests[0].params.n, llm_requests[0].params.max_tokens
+            raise _Reject(
+                400,
+                f"this request asks for up to {tokens} tokens ({prompts} prompts x n={n} x max_tokens="
+                f"{max_tokens}), over this server's limit of {max_request_tokens} per request; "
+                "send fewer prompts or choices, or a smaller max_tokens",
+                "request_too_large",
+            )
+        return admission.admit(sum(r.params.n for r in llm_requests), tokens)
+
+    def overloaded(exc: Overloaded) -> JSONResponse:
+        return JSONResponse(
+            error_body(str(exc), "server_error", "server_overloaded"),
+            status_code=503,
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )
+
+    async def until_disconnect(request: Request, work: Awaitable[list[LLMResult]]) -> list[LLMResult] | None:
+        """`work`'s results, or None (and `work` cancelled, withdrawing its queued requests) if the
+        client disconnects first."""
+        task = asyncio.ensure_future(work)
+        watch = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+
+    async def stream_one(llm_request: LLMRequest, ticket: Ticket, *, chat: bool) -> Response:
         pieces = backend.stream(llm_request)
+        stop = asyncio.Event()
+        streams.add(stop)
+        start = time.monotonic()
+
+        async def finish() -> None:
+            streams.discard(stop)
+            admission.release(ticket)
+            await _aclose(pieces)
+
         # The first piece decides the status: an error before any text is a plain HTTP error.
         try:
             first: str | None = await anext(pieces)
         except StopAsyncIteration:
             first = None
         except LLMCallError as exc:
-            await _aclose(pieces)
+            await finish()
             status, body = llm_error_status(exc.error)
             return JSONResponse(body, status_code=status)
         except Exception as exc:
-            await _aclose(pieces)
+            await finish()
             status, body = llm_error_status(LLMError("internal", f"{type(exc).__name__}: {exc}"))
             return JSONResponse(body, status_code=status)
         writer = ChunkWriter(model_name, chat=chat)
 
         async def events() -> AsyncIterator[bytes]:
+            completed = False
             try:
                 if chat:
                     yield writer.role()
@@ -202,10 +287,17 @@ def create_app(
                     yield writer.delta(first)
                 if first is not None:
                     async for piece in pieces:
+                        if stop.is_set():
+                            yield writer.finish("length")  # cut short by a shutdown
+                            break
                         if piece:
                             yield writer.delta(piece)
-                # Backend.stream carries no finish reason; "stop" is what clients expect at the end.
-                yield writer.finish("stop")
+                    else:
+                        # Backend.stream carries no finish reason; "stop" is what clients expect.
+                        yield writer.finish("stop")
+                else:
+                    yield writer.finish("stop")
+                completed = True
             except LLMCallError as exc:
                 _, body = llm_error_status(exc.error)
                 err = body["error"]
@@ -213,7 +305,9 @@ def create_app(
             except Exception as exc:  # the status is sent already: report in-band, as OpenAI does
                 yield ChunkWriter.error(f"{type(exc).__name__}: {exc}", "server_error", "internal_error")
             finally:
-                await _aclose(pieces)
+                if completed:
+                    admission.record(ticket.tokens, time.monotonic() - start)
+                await finish()
             yield ChunkWriter.DONE
 
         return StreamingResponse(
@@ -260,6 +354,15 @@ def create_app(
         return await handle(request, CompletionRequest, completion_response, chat=False)
 
     return app
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone. The body is read already, so the next ASGI message is the
+    disconnect (uvicorn sends it as soon as the connection closes)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 async def _aclose(iterator: AsyncIterator[str]) -> None:

@@ -123,6 +123,7 @@ _STATUS: dict[ErrorKind, tuple[int, str, str]] = {
     "server": (502, "server_error", "upstream_error"),
     "connection": (502, "server_error", "upstream_unreachable"),
     "internal": (500, "server_error", "internal_error"),
+    "unavailable": (503, "server_error", "server_unavailable"),
 }
 
 
