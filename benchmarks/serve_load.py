@@ -183,9 +183,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{stop['tracebacks_on_stop']} tracebacks"
         )
     for b, u in zip(results["bounded"][:-1], results["unbounded"][:-1], strict=True):
-        ratio = float(b["in_time_share"]) / max(float(u["in_time_share"]), 1e-9)  # type: ignore[arg-type]
+        shares = float(b["in_time_share"]), float(u["in_time_share"])  # type: ignore[arg-type]
+        ratio = f"{shares[0] / shares[1]:.1f}x" if shares[1] > 0 else "unbounded: none"
         print(
-            f"{b['concurrent']} concurrent: answered or refused in time, bounded / unbounded = {ratio:.2f}x"
+            f"{b['concurrent']} concurrent: answered or refused within {args.timeout:.0f} s: bounded "
+            f"{shares[0]:.0%}, unbounded {shares[1]:.0%} ({ratio})"
         )
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -272,3 +272,105 @@ def test_replay_data_setting_is_read_and_recorded(
     with pytest.raises(LabalignError, match="data file not found") as err:
         train(missing)
     assert "--replay-data" in str(err.value.hint)
+
+
+def test_interpolation_auto_in_training_writes_final_and_records_the_search(
+    model_dir: Path, files: dict[str, Path], tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    s = _settings(general_validation=0.3, interpolation="auto", forgetting_budget=1.0)
+    result = _train(model_dir, files, tmp_path / "run", s)
+    tried = result.interpolation_candidates
+    assert tried and tried[0]["interpolation"] == 1.0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["interpolation"] == result.interpolation and summary["interpolation_candidates"] == tried
+    # On these random words the tuned model predicts the held-out text better than the base (ratio
+    # below 1), so w = 1 is within any budget and final/ is phase 2's best as it is.
+    assert tried[0]["general_ratio"] < 1.0 and result.interpolation == 1.0 and len(tried) == 1
+    got = AutoModelForCausalLM.from_pretrained(result.final).state_dict()
+    want = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "phase2" / "best").state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_choose_interpolation_walks_down_to_the_first_weight_within_the_budget(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    from labalign.train.auto_interpolation import choose_interpolation, mean_nll
+    from labalign.train.general import GeneralValidation
+    from labalign.train.interpolate import interpolate_checkpoint
+    from labalign.train.tokenize import TokenizedData
+
+    # A "tuned" model that is the base plus noise: it predicts held-out text worse, less so nearer the base.
+    tuned_dir = tmp_path / "tuned"
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("proj.weight"):
+                param.add_(0.3 * torch.randn(param.shape, generator=gen))
+    model.save_pretrained(tuned_dir)
+    # Held-out "general text": the base's own samples, which any other model predicts worse on average.
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        sampled = base.generate(
+            torch.tensor([[1], [2], [3]]), do_sample=True, max_new_tokens=19, min_new_tokens=19
+        )
+    ids = sampled.reshape(-1).numpy().astype(np.int64)
+    data = TokenizedData(
+        ids, np.ones(60, dtype=bool), np.array([0, 20, 40, 60]), ["a", "b", "c"], ["a", "b", "c"]
+    )
+    base_mean = mean_nll(
+        AutoModelForCausalLM.from_pretrained(model_dir), GeneralValidation(data, 0.0, 1), bf16=False
+    )
+    general = GeneralValidation(data, base_mean * 57, 57)  # 3 samples x 19 scored tokens
+    full = general.ratio(mean_nll(model, general, bf16=False))
+    assert full > 1.0
+    budget = 1 + (full - 1) * 0.3  # reached somewhere on the way down
+    choice = choose_interpolation(
+        model_dir, tuned_dir, tmp_path / "final", general, budget, bf16=False, device=torch.device("cpu")
+    )
+    weights = [c["interpolation"] for c in choice.candidates]
+    ratios = [c["general_ratio"] for c in choice.candidates]
+    assert weights == [round(1 - 0.05 * k, 4) for k in range(len(weights))] and len(weights) > 1
+    assert all(r > budget for r in ratios[:-1]) and ratios[-1] <= budget
+    assert choice.weight == weights[-1] and choice.general_ratio == ratios[-1]
+    assert ratios[0] == pytest.approx(full, rel=1e-6)
+    expected = tmp_path / "expected"
+    interpolate_checkpoint(model_dir, tuned_dir, expected, choice.weight)
+    got = AutoModelForCausalLM.from_pretrained(tmp_path / "final").state_dict()
+    want = AutoModelForCausalLM.from_pretrained(expected).state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert not (tmp_path / "final.trial").exists()
+
+
+def test_mean_nll_is_the_models_own_cross_entropy(model_dir: Path) -> None:
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    from labalign.train.auto_interpolation import mean_nll
+    from labalign.train.general import GeneralValidation
+    from labalign.train.tokenize import TokenizedData
+
+    ids = np.array([1, 5, 9, 30, 7, 8, 2, 4, 6, 11, 12], dtype=np.int64)
+    supervised = np.ones(len(ids), dtype=bool)
+    data = TokenizedData(ids, supervised, np.array([0, 6, 11]), ["a-0", "b-0"], ["a", "b"])
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    got = mean_nll(model, GeneralValidation(data, 0.0, 1), bf16=False)
+    with torch.no_grad():
+        first = model(torch.from_numpy(ids[None, :6]), labels=torch.from_numpy(ids[None, :6])).loss
+        second = model(torch.from_numpy(ids[None, 6:]), labels=torch.from_numpy(ids[None, 6:])).loss
+    assert got == pytest.approx(float((first * 5 + second * 4) / 9), rel=1e-5)
+
+
+def test_interpolation_setting_rules() -> None:
+    assert TrainSettings(interpolation="auto", replay_ratio=0.5, kl_weight=1.0).interpolation == "auto"
+    assert TrainSettings(interpolation=0.6).interpolation == 0.6
+    with pytest.raises(ValidationError, match="replay_ratio and general_validation"):
+        TrainSettings(interpolation="auto")
+    with pytest.raises(ValidationError, match=r"\(0, 1\]"):
+        TrainSettings(interpolation=1.5)

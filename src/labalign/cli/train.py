@@ -203,8 +203,11 @@ def train(
     merge_lora: bool = typer.Option(
         None, "--merge-lora/--no-merge-lora", help="Merge adapters into final/ (default), or save them."
     ),
-    interpolation: float = typer.Option(
-        None, "--interpolation", help="final/ = base + W * (tuned - base), W in (0, 1]; default 1."
+    interpolation: str = typer.Option(
+        None,
+        "--interpolation",
+        help="final/ = base + W * (tuned - base), W in (0, 1], or auto: the largest W whose held-out "
+        "general text stays within --forgetting-budget (1.10 unset); default 1.",
     ),
     replay_data: Path = typer.Option(
         None,

@@ -30,6 +30,7 @@ from labalign.evaluate.models import open_model
 from labalign.evaluate.questions import default_heldout_dir, gather
 from labalign.evaluate.unavailable import EvalUnavailable
 from labalign.llm.types import Backend
+from labalign.redact import redact_data
 
 ProgressCallback = Callable[[str, int, int], None]  # (phase, done, total)
 EVALS = ("branch", "forgetting", "general-knowledge", "mt-bench", "mmlu")
@@ -78,7 +79,8 @@ class EvalPlan:
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    # Specs may be server URLs with credentials: never stored (labalign.redact).
+    tmp.write_text(json.dumps(redact_data(data), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(path)
 
 
@@ -86,7 +88,7 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.write(json.dumps(redact_data(rec), ensure_ascii=False) + "\n")
 
 
 async def _close(*backends: Backend | None) -> None:

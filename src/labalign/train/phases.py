@@ -15,6 +15,7 @@ import numpy as np
 
 from labalign.config import default_cache_dir
 from labalign.errors import LabalignError
+from labalign.train import auto_interpolation
 from labalign.train import checkpoint as ckpt
 from labalign.train.anchor import BaseTargets, base_targets
 from labalign.train.data import read_samples
@@ -58,6 +59,8 @@ class TrainResult:
     plot: Path
     summary: Path
     interpolation: float = 1.0  # final/ = base + interpolation * (tuned - base)
+    # interpolation auto: every weight tried, with its held-out general perplexity ratio
+    interpolation_candidates: list[dict[str, float]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +70,7 @@ class TrainResult:
             "log": str(self.log),
             "plot": str(self.plot),
             "interpolation": self.interpolation,
+            "interpolation_candidates": self.interpolation_candidates,
         }
 
 
@@ -370,6 +374,8 @@ def _finish(
     combined plot and summary.json."""
     final = config.out / "final"
     last = results[-1]
+    weight = _fixed_weight(config.settings)
+    chosen_from: list[dict[str, float]] = []
     if config.settings.lora and not config.settings.merge_lora:
         import torch
 
@@ -385,6 +391,9 @@ def _finish(
             for name, param in student.trainable().items():
                 param.copy_(state.trainable[name].to(param.device, param.dtype))
         ckpt.save_adapter(final, student)
+    elif config.settings.interpolation == "auto":
+        choice = _auto_interpolation(config, last_spec, Path(last.best_dir), final, base)
+        weight, chosen_from = choice.weight, choice.candidates
     elif config.settings.interpolation < 1:
         interpolate_checkpoint(base, Path(last.best_dir), final, config.settings.interpolation)
     else:
@@ -393,7 +402,14 @@ def _finish(
     plot_losses(read_log(log_path), plot, phases=[r.phase for r in results])
     summary = config.out / "summary.json"
     result = TrainResult(
-        config.out, final, results, log_path, plot, summary, interpolation=config.settings.interpolation
+        config.out,
+        final,
+        results,
+        log_path,
+        plot,
+        summary,
+        interpolation=weight,
+        interpolation_candidates=chosen_from,
     )
     ckpt.write_json(summary, result.as_dict())
     return result
@@ -533,9 +549,41 @@ def _train_in(
             log_path,
             config.out / "loss.png",
             config.out / "summary.json",
-            interpolation=config.settings.interpolation,
+            interpolation=_fixed_weight(config.settings),
         )
     return final
+
+
+def _fixed_weight(s: TrainSettings) -> float:
+    return 1.0 if s.interpolation == "auto" else float(s.interpolation)
+
+
+def _auto_interpolation(
+    config: TrainConfig, last_spec: PhaseSpec, tuned: Path, final: Path, base: Path
+) -> auto_interpolation.Choice:
+    import torch
+    from rich.console import Console
+
+    general = last_spec.general
+    if general is None:
+        raise LabalignError(
+            "interpolation auto found no held-out general text to measure drift on",
+            hint="give training general replay (replay_ratio > 0, general_validation > 0), or set "
+            "interpolation to a number",
+        )
+    budget = config.settings.forgetting_budget or auto_interpolation.DEFAULT_BUDGET
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    choice = auto_interpolation.choose_interpolation(
+        base, tuned, final, general, budget, bf16=bf16_enabled(config.settings.bf16, device), device=device
+    )
+    tried = ", ".join(f"{c['interpolation']:g}: {c['general_ratio']:.3f}" for c in choice.candidates)
+    Console(stderr=True).print(
+        f"interpolation auto: w {choice.weight:g} (held-out general perplexity {choice.general_ratio:.3f}x "
+        f"the base's, budget {budget:g}; tried {tried})",
+        soft_wrap=True,
+        highlight=False,
+    )
+    return choice
 
 
 def load_summary(out: Path) -> dict[str, Any]:

@@ -88,12 +88,11 @@ class TrainSettings(BaseModel):
     merge_lora: bool = Field(
         True, description="Merge adapters into the saved checkpoints (plain HF models); false: save adapters."
     )
-    interpolation: float = Field(
+    interpolation: float | Literal["auto"] = Field(
         1.0,
-        gt=0,
-        le=1,
         description="final/ = base + w * (tuned - base) (WiSE-FT): below 1 keeps most of what was learned "
-        "with much less forgetting; 1: the tuned weights as they are.",
+        "with much less forgetting; 1: the tuned weights as they are; auto: the largest w whose held-out "
+        "general text stays within forgetting_budget (1.10 when unset), tried from 1 down in steps of 0.05.",
     )
     replay_ratio: float = Field(
         0.0,
@@ -177,7 +176,14 @@ class TrainSettings(BaseModel):
 
     @model_validator(mode="after")
     def _interpolation_needs_weights(self) -> TrainSettings:
-        if self.interpolation < 1 and self.lora and not self.merge_lora:
+        if isinstance(self.interpolation, float) and not 0 < self.interpolation <= 1:
+            raise ValueError(f"interpolation must be in (0, 1] or 'auto', got {self.interpolation}")
+        if self.interpolation == "auto" and (self.general_validation <= 0 or self.replay_ratio <= 0):
+            raise ValueError(
+                "interpolation auto measures drift on held-out general replay text: set replay_ratio and "
+                "general_validation above 0, or give interpolation a number"
+            )
+        if self.interpolation != 1 and self.lora and not self.merge_lora:
             raise ValueError("interpolation below 1 needs merged weights: set merge_lora, or interpolation 1")
         return self
 
