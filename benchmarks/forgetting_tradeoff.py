@@ -17,7 +17,8 @@ redoes training, evaluation and the report. Methods:
 
 `--interpolations 1,0.75` also scores each method's trained weights (phase 2's best) merged part of
 the way back to the base, final = base + W x (tuned - base), evaluated exactly as the run evaluates
-(rows "METHOD@W"): no retraining.
+(rows "METHOD@W"): no retraining. `auto` finishes the training again with `train.interpolation auto`
+(only final/ is redone) and scores the W it chooses (rows "METHOD@auto=W").
 
 Prints, per method: held-out knowledge token-F1 gain [95% CI] (the example's 100 questions), both
 skills' gains, the general-text perplexity ratio to the base (the forgetting check), the
@@ -87,8 +88,37 @@ def _row(name: str, run: Path) -> dict[str, Any]:
     }
 
 
-def _interpolated(name: str, run: Path, w: float, taxonomy: Path) -> dict[str, Any]:
-    """Phase 2's best of `run` merged at `w` toward the base and evaluated with the run's own plan."""
+def _refinish_auto(run: Path, out: Path) -> float:
+    """`run`'s training finished again with `train.interpolation auto` into out/train: the phases are
+    done (their files are hard links), so only final/ is chosen and written. Returns the W chosen."""
+    from labalign.train import TrainConfig, TrainSettings, train
+
+    subprocess.run(["cp", "-al", str(run / "train"), str(out / "train")], check=True)
+    shutil.rmtree(out / "train" / "final")
+    record_path = out / "train" / "run.json"
+    record = json.loads(record_path.read_text())
+    record["settings"]["interpolation"] = "auto"
+    record_path.unlink()  # a hard link: write a new file, never into the original run's
+    record_path.write_text(json.dumps(record, indent=2))
+    inputs = record["inputs"]
+    result = train(
+        TrainConfig(
+            model=record["model"],
+            out=out / "train",
+            phase1=Path(inputs["phase1"]["path"]),
+            phase2=Path(inputs["phase2"]["path"]),
+            replay=Path(inputs["replay"]["path"]),
+            settings=TrainSettings(**record["settings"]),
+            resume=True,
+            show_progress=False,
+        )
+    )
+    return result.interpolation
+
+
+def _interpolated(name: str, run: Path, w: float | str, taxonomy: Path) -> dict[str, Any]:
+    """Phase 2's best of `run` merged at `w` toward the base (or at the W `auto` chooses) and evaluated
+    with the run's own plan."""
     from labalign.config import load_settings
     from labalign.evaluate.suite import EvalPlan, evaluate_all
     from labalign.run.profiles import get_profile
@@ -98,10 +128,15 @@ def _interpolated(name: str, run: Path, w: float, taxonomy: Path) -> dict[str, A
     profile = get_profile("quick")
     settings = load_settings(defaults=profile.settings)
     base = resolve_model("default", settings.cache_dir)
-    out = run / f"interpolated-{w:g}"
+    out = run / f"interpolated-{w}"
     if out.exists():
         shutil.rmtree(out)
-    interpolate_checkpoint(base, run / "train" / "phase2" / "best", out / "final", w)
+    out.mkdir()
+    if w == "auto":
+        w = f"auto={_refinish_auto(run, out):g}"
+        (out / "final").symlink_to(Path("train") / "final")
+    else:
+        interpolate_checkpoint(base, run / "train" / "phase2" / "best", out / "final", float(w))
     plan = EvalPlan(
         model=str(out / "final"),
         base=str(base),
@@ -116,7 +151,7 @@ def _interpolated(name: str, run: Path, w: float, taxonomy: Path) -> dict[str, A
         seeds=profile.eval_seeds and not settings.sdg.seed_records,
     )
     evaluate_all(plan, settings)
-    row = _scores(f"{name}@{w:g}", out / "eval")
+    row = _scores(f"{name}@{w}", out / "eval")
     row.update(train_minutes=float("nan"), evaluate_minutes=float("nan"), held_out_general_ratio=[])
     return row
 
@@ -159,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 return code
         rows.append(_row(name, run))
         for w in filter(None, args.interpolations.split(",")):
-            rows.append(_interpolated(name, run, float(w), args.taxonomy))
+            rows.append(_interpolated(name, run, w if w == "auto" else float(w), args.taxonomy))
     (args.out / "tradeoff.json").write_text(json.dumps(rows, indent=2) + "\n")
     head = f"{'method':<10} {'knowledge F1 gain':<26} {'meeting items':<26} {'formal rewrite':<26} "
     head += f"{'ppl ratio':>9}  {'general knowledge':<26} {'train min':>9}"

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -96,3 +97,9 @@ def test_validate_never_raises_on_mutated_files(base: str, edits: list[tuple[int
 @given(st.binary(max_size=200))
 def test_validate_never_raises_on_bytes(data: bytes) -> None:
     _validate_text(data)
+
+
+@pytest.mark.parametrize("version", [float("inf"), float("-inf"), float("nan"), "3x", None])
+def test_a_version_that_is_no_integer_is_reported_not_raised(version: Any) -> None:
+    # Found by the fuzzer: `version: .inf` made int() raise OverflowError.
+    _validate_text(yaml.safe_dump({"version": version}), "compositional_skills/f/qna.yaml")

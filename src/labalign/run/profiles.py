@@ -82,12 +82,12 @@ PROFILES: dict[str, Profile] = {
                 # One continuation per opening: the pool (112 training texts) covers phase 1's four
                 # epochs twice over, and the one-time generation takes half as long.
                 "train.general_replay_samples": 1,
-                # final/ part of the way from the base to the tuned weights (WiSE-FT), on the same trained
-                # weights: W = 0.75 gave 1.145x and knowledge +0.117 [+0.059, +0.178]; W = 0.6 gives
-                # 1.097x, within the forgetting check's 10%, with knowledge +0.074 [+0.018, +0.131] and
-                # skills +0.47/+0.22, general knowledge -0.020 [-0.054, +0.010]. (Without the anchor,
-                # 0.75 had only brought 11.6x down to 3.8x, with knowledge +0.097.)
-                "train.interpolation": 0.6,
+                # final/ part of the way from the base to the tuned weights (WiSE-FT), as far back as the
+                # held-out replay text needs to stay within the forgetting check's 10% (its ratio tracked
+                # the check within 0.006 at W = 1, 0.75 and 0.6). A fixed W fits one run: W = 0.6 gave
+                # 1.097x on seed 42 but 1.111x on seed 1; auto chose 0.6 and 0.55 there, and seed 1 at
+                # 0.55 measured 1.095x, knowledge +0.076 [+0.018, +0.131], skills +0.47/+0.22.
+                "train.interpolation": "auto",
             },
             evals=("branch", "forgetting", "general-knowledge"),
             eval_max_tokens=96,

@@ -44,7 +44,7 @@ def file_version(contents: Mapping[str, Any]) -> int:
         return value
     try:
         return int(value)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # OverflowError: version: .inf
         return 1  # the schema's type check then reports the bad value
 
 
