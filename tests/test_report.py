@@ -209,6 +209,22 @@ def test_checkpoint_drift_is_drawn_when_measured(run_copy: Path) -> None:
     assert "general-text drift of each checkpoint" in html and "train.forgetting_budget</code> 1.1x" in html
 
 
+def test_the_auto_interpolation_search_is_shown(run_copy: Path) -> None:
+    (run_copy / "train" / "final").mkdir(exist_ok=True)
+    summary_path = run_copy / "train" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["interpolation"] = 0.9
+    summary["interpolation_candidates"] = [
+        {"interpolation": 1.0, "general_ratio": 1.2345},
+        {"interpolation": 0.95, "general_ratio": 1.15},
+        {"interpolation": 0.9, "general_ratio": 1.0987},
+    ]
+    summary_path.write_text(json.dumps(summary))
+    html = render_report(run_copy).read_text()
+    assert "= base + 0.9 &times; (tuned &minus; base)" in html
+    assert "train.interpolation auto" in html and "1.0: 1.234, 0.95: 1.150, 0.9: 1.099." in html
+
+
 def test_sample_text_is_escaped(run_copy: Path) -> None:
     path = run_copy / "data" / "leaves" / LEAVES[1] / "samples.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]

@@ -532,6 +532,8 @@ def _training(train_dir: Path, section: Section) -> dict[str, Any]:
         "final": str(final) if final.is_dir() else None,
         "adapter": (final / "adapter_config.json").is_file(),
         "interpolation": summary.get("interpolation", 1.0) if isinstance(summary, dict) else 1.0,
+        # interpolation auto: each weight tried and its held-out general perplexity ratio
+        "tried": summary.get("interpolation_candidates") or [] if isinstance(summary, dict) else [],
         "heldout": any(r.get("heldout_loss") is not None for r in log),
     }
 
