@@ -43,7 +43,14 @@ except KeyboardInterrupt:
 def _start(code: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(repo_root() / "src")}
     proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        # A job started in the background by a non-interactive shell inherits SIGINT ignored, and
+        # Python then leaves it so: give the child the terminal's default, as Ctrl-C would find it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
