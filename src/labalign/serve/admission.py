@@ -45,10 +45,6 @@ class Admission:
         self.draining = False
 
     @property
-    def rate(self) -> float | None:
-        return self._rate
-
-    @property
     def pending(self) -> tuple[int, int]:
         """(choices, budget tokens) admitted and not finished."""
         with self._lock:

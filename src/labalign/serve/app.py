@@ -109,7 +109,6 @@ def create_app(
         asyncio.get_running_loop().call_later(grace_s, stop_running)
 
     app.state.drain = drain
-    app.state.admission = admission
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:

@@ -75,21 +75,15 @@ class Batcher:
         """Answer every request not yet started with 503 (the server is shutting down)."""
         if self._queue is None:
             return
-        error = LLMError("unavailable", message)
         waiting = list(self._holding)
         while not self._queue.empty():
             waiting.append(self._queue.get_nowait())
-        for request, future in waiting:
-            if not future.done():
-                future.set_result(LLMResult(request=request, error=error))
+        _answer_unanswered(waiting, LLMError("unavailable", message))
 
     def fail_running(self, message: str) -> None:
         """Answer the requests of running batches with 503 and cancel those batches."""
-        error = LLMError("unavailable", message)
         for task, batch in list(self._running.items()):
-            for request, future in batch:
-                if not future.done():
-                    future.set_result(LLMResult(request=request, error=error))
+            _answer_unanswered(batch, LLMError("unavailable", message))
             task.cancel()
 
     async def aclose(self) -> None:
@@ -174,21 +168,22 @@ class Batcher:
         except asyncio.CancelledError:
             return  # abandoned by every caller, or the server is shutting down: all answered already
         except Exception as exc:  # a backend bug must fail its requests, not hang them
-            error = LLMError("internal", f"{type(exc).__name__}: {exc}")
-            for request, future in batch:
-                if not future.done():
-                    future.set_result(LLMResult(request=request, error=error))
+            _answer_unanswered(batch, LLMError("internal", f"{type(exc).__name__}: {exc}"))
             return
         self._record(requests, time.monotonic() - start)
         # Whatever `deliver` could not match (a backend that copies requests) goes by position.
         for (_, future), result in zip(batch, results, strict=False):
             if not future.done():
                 future.set_result(result)
-        missing = LLMError("internal", "the backend returned no result for this request")
-        for request, future in batch:
-            if not future.done():
-                future.set_result(LLMResult(request=request, error=missing))
+        _answer_unanswered(batch, LLMError("internal", "the backend returned no result for this request"))
 
     def _record(self, requests: list[LLMRequest], seconds: float) -> None:
         if self._admission is not None:
             self._admission.record(budget_tokens(requests), seconds)
+
+
+def _answer_unanswered(pending: list[_Pending], error: LLMError) -> None:
+    """Give `error` to every caller in `pending` still waiting for its result."""
+    for request, future in pending:
+        if not future.done():
+            future.set_result(LLMResult(request=request, error=error))

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from labalign.train.checkpoint import copy_checkpoint
 from labalign.train.general import GeneralValidation
 from labalign.train.interpolate import interpolate_checkpoint
 
@@ -90,7 +91,7 @@ def choose_interpolation(
             if source is trial:
                 _keep(trial, final)
             else:
-                _copy(tuned_dir, final)
+                copy_checkpoint(tuned_dir, final)
         if ratio <= budget or not math.isfinite(ratio):
             break
     shutil.rmtree(trial, ignore_errors=True)
@@ -101,9 +102,3 @@ def choose_interpolation(
 def _keep(trial: Path, final: Path) -> None:
     shutil.rmtree(final, ignore_errors=True)
     trial.rename(final)
-
-
-def _copy(tuned: Path, final: Path) -> None:
-    from labalign.train.checkpoint import copy_checkpoint
-
-    copy_checkpoint(tuned, final)
