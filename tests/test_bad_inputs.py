@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,3 +265,23 @@ def test_the_examples_still_validate_and_stay_inside(tmp_path: Path) -> None:
     shutil.copytree(EXAMPLES, copy)
     result = CliRunner().invoke(app, ["taxonomy", "validate", str(copy), "--offline"])
     assert result.exit_code == 0, result.output
+
+
+def test_validate_names_a_document_this_installation_cannot_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A PDF without the docling extra fails in validation, naming the file and the fix, not minutes
+    # later in generation. None in sys.modules reads as "not installed".
+    monkeypatch.setitem(sys.modules, "docling", None)
+    taxonomy = _leaf(tmp_path, knowledge(patterns='["report.pdf"]'))
+    (taxonomy / "knowledge/history/island/docs/report.pdf").write_bytes(b"%PDF-1.4\n")
+    result = CliRunner().invoke(
+        app,
+        ["taxonomy", "validate", str(taxonomy)],
+        env={"COLUMNS": "400", "LABALIGN_CACHE_DIR": str(tmp_path)},
+    )
+    output = result.stdout + result.stderr
+    assert result.exit_code == 1, output
+    line = next(line for line in output.splitlines() if "docling" in line)
+    assert "report.pdf" in line and "pip install 'labalign[docling]'" in line and "qna.yaml" in output
+    assert "Traceback" not in output

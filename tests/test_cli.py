@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,49 @@ def test_list_and_show_examples() -> None:
     assert code == 1 and "no leaf named 'knowledge/nope'" in out
 
 
+def _commands(command: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, f"{path} {name}".strip())
+    if not hasattr(command, "commands"):
+        yield path, command
+
+
+def test_every_option_has_help_and_a_conventional_type() -> None:
+    import typer.main
+
+    root = typer.main.get_command(app)
+    problems = []
+    for path, command in _commands(root):
+        for param in command.params:
+            if param.param_type_name == "option" and not (param.help or "").strip():
+                problems.append(f"{path} {param.opts[0]}: no help text")
+        code, out = run(*path.split(), "--help")
+        assert code == 0, (path, out)
+        # Python annotations such as <list[Path]>, <int range> or <bool> are not what users read.
+        problems += [
+            f"{path}: {word}" for word in re.findall(r"<(?:list\[\w+\]|int|float|str|bool|path)[^>]*>", out)
+        ]
+    assert not problems, problems
+
+
+def test_taxonomy_is_the_first_positional_everywhere(tmp_path: Path) -> None:
+    # The same answer with the taxonomy as the argument and with the -t alias (older scripts).
+    code, positional = run("taxonomy", "list", str(EXAMPLES), "--format", "json")
+    assert code == 0 and json.loads(positional) == json.loads(
+        run("taxonomy", "list", "-t", str(EXAMPLES), "--format", "json")[1]
+    )
+    leaf = "knowledge/history/quillmarrow_island"
+    code, out = run("taxonomy", "show", str(EXAMPLES), leaf, "--format", "json")
+    assert code == 0 and json.loads(out)["leaf"] == leaf
+    code, out = run("documents", "chunk", str(EXAMPLES), leaf, "--format", "json")
+    assert code == 0 and json.loads(out), out
+    # Two different roots, or three positionals: one line, exit 1.
+    code, out = run("taxonomy", "list", str(EXAMPLES), "-t", str(tmp_path))
+    assert code == 1 and "two taxonomies given" in out and "Traceback" not in out
+    code, out = run("taxonomy", "show", str(EXAMPLES), leaf, "extra")
+    assert code == 1 and "expected [TAXONOMY] LEAF" in out
+
+
 def test_diff_non_git_folder_validates(tmp_path: Path) -> None:
     write_skill(tmp_path)
     code, out = run("taxonomy", "diff", str(tmp_path), "--format", "json")
@@ -157,3 +202,33 @@ def test_real_process_prints_one_line_error_without_traceback(tmp_path: Path) ->
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "bad.yaml:2:1" in done.stderr
+
+
+def test_generate_with_a_profile_makes_the_data_run_makes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Both commands stop at the teacher's first call; what they would generate must be the same.
+    import labalign.cli.generate as generate_cli
+    import labalign.sdg.driver as driver
+    from labalign.errors import LabalignError
+
+    asked: list[tuple[str, str]] = []
+
+    async def first_call(jobs: Any, teacher: Any, judge: Any, out: Path, options: Any, console: Any) -> Any:
+        asked.append((repr(options), repr([(j.leaf.name, j.document) for j in jobs])))
+        raise LabalignError("stopped before the teacher")
+
+    for module in (driver, generate_cli):
+        monkeypatch.setattr(module, "run_generation", first_call)
+        monkeypatch.setattr(module, "open_teacher", lambda *a, **k: object())
+    monkeypatch.setenv("LABALIGN_CACHE_DIR", str(tmp_path / "cache"))
+    code, out = run("generate", str(EXAMPLES), "--profile", "quick", "--out", str(tmp_path / "data"))
+    assert code == 1 and "stopped before the teacher" in out
+    code, out = run("run", str(EXAMPLES), "--out", str(tmp_path / "run"))
+    assert code == 1 and "stopped before the teacher" in out, out
+    code, out = run("generate", str(EXAMPLES), "--out", str(tmp_path / "plain"))
+    assert len(asked) == 3
+    assert asked[0] == asked[1], "generate --profile quick and run (quick) would write different data"
+    assert asked[2] != asked[0], "without --profile, generate uses the settings alone"
+    code, out = run("generate", str(EXAMPLES), "--profile", "nope", "--out", str(tmp_path / "x"))
+    assert code == 1 and "unknown profile 'nope'" in out

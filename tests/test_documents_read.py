@@ -12,6 +12,7 @@ import pytest
 
 from labalign.documents import DocumentError, DocumentFile, chunk_documents, read_document
 from labalign.documents import convert as convert_module
+from labalign.documents.convert import check_readable
 
 
 def doc(tmp_path: Path, name: str, data: bytes) -> DocumentFile:
@@ -64,9 +65,13 @@ def test_docling_missing_message(
     # None in sys.modules makes `import docling...` raise ImportError, as when it is not installed.
     monkeypatch.setitem(sys.modules, "docling", None)
     monkeypatch.setitem(sys.modules, "docling.document_converter", None)
-    with pytest.raises(DocumentError) as info:
-        read_document(doc(tmp_path, name, b"%PDF-1.4"))
-    assert info.value.message == f"reading {kind} needs the docling extra: pip install 'labalign[docling]'"
+    for check in (read_document, check_readable):
+        with pytest.raises(DocumentError) as info:
+            check(doc(tmp_path, name, b"%PDF-1.4"))
+        assert (
+            info.value.message
+            == f"reading {kind} ({name}) needs the docling extra: pip install 'labalign[docling]'"
+        )
 
 
 class _FakeResult:

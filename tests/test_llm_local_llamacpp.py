@@ -169,3 +169,26 @@ def test_stream_concatenation_equals_generate(backend: Backend) -> None:
     with pytest.raises(LLMCallError) as info:
         asyncio.run(collect(LLMRequest(prompt="word " * 400, params=GREEDY)))
     assert info.value.error.kind == "context_length"
+
+
+def test_gpu_layers_reach_llama_cpp_when_it_can_offload(
+    gguf_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llama_cpp
+
+    from labalign.llm.resolve import open_backend
+    from labalign.llm.settings import LLMSettings
+
+    seen: list[int] = []
+    real = llama_cpp.Llama
+
+    def recording(*args: object, **kwargs: object) -> object:
+        seen.append(int(kwargs["n_gpu_layers"]))  # type: ignore[call-overload]
+        return real(*args, **{**kwargs, "n_gpu_layers": 0})  # type: ignore[arg-type]
+
+    monkeypatch.setattr(llama_cpp, "Llama", recording)
+    for can_offload in (True, False):
+        monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda o=can_offload: o)
+        b = open_backend(str(gguf_path), settings=LLMSettings(gpu_layers=7), prefer="llamacpp")
+        asyncio.run(b.aclose())
+    assert seen == [7, 0]  # a CPU-only build is asked for none

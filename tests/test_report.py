@@ -162,7 +162,7 @@ def test_finished_run_has_every_section(finished: Path) -> None:
     # What to do next: the exact commands on this run's final model.
     final = finished / "train" / "final"
     assert f"labalign chat {final}" in html and f"labalign serve {final}" in html
-    assert f"labalign evaluate branch --model {final} --base default -t {EXAMPLES}" in html
+    assert f"labalign evaluate branch {EXAMPLES} --model {final} --base default" in html
     assert "If the run has stopped" not in html  # nothing to resume
     # Leaves and their funnel numbers, from stats.json.
     stats = json.loads((finished / "data" / "stats.json").read_text())

@@ -154,3 +154,31 @@ def test_vllm_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
     # The key goes through the environment: in argv, `ps` would show it to every user of the machine.
     assert keys == ["secret-key"] and "secret-key" not in " ".join(execs[0])
+
+    # Arguments after -- reach vLLM unchanged, after labalign's own.
+    args = [
+        "serve",
+        "/models/llama",
+        "--engine",
+        "vllm",
+        "--port",
+        "9002",
+        "--",
+        "--tensor-parallel-size",
+        "2",
+    ]
+    with pytest.raises(Execed):
+        runner.invoke(cli_app(), [*args, "--max-model-len", "4096"], catch_exceptions=False)
+    assert execs[-1][-4:] == ["--tensor-parallel-size", "2", "--max-model-len", "4096"]
+    assert execs[-1][execs[-1].index("--port") + 1] == "9002"
+
+
+def test_serve_refuses_what_it_cannot_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else None)
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("vLLM must not start"))
+    result = runner.invoke(cli_app(), ["serve", "default", "--engine", "vllm"])
+    assert result.exit_code == 1 and "cannot serve 'default'" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    # Extra arguments are vLLM's: the labalign engine says so rather than ignoring them.
+    result = runner.invoke(cli_app(), ["serve", "default", "--", "--tensor-parallel-size", "2"])
+    assert result.exit_code == 1 and "only --engine vllm takes arguments after --" in result.stderr

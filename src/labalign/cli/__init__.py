@@ -23,11 +23,18 @@ from labalign.cli import serve as serve_cli
 from labalign.cli import taxonomy as taxonomy_cli
 from labalign.cli import train as train_cli
 from labalign.cli._common import CliState, err_console
+from labalign.cli._help import conventional_metavars
 from labalign.errors import LabalignError
+
+HELP_NAMES = ["-h", "--help"]
 
 
 class _Group(TyperGroup):
     """Root group: a user error anywhere below prints as one line and exits 1."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        conventional_metavars(self, HELP_NAMES)  # every subcommand is built before the root group
 
     def invoke(self, ctx: Any) -> Any:  # Any: typer >= 0.29 vendors its own click Context
         try:
@@ -44,7 +51,7 @@ app = typer.Typer(
     "Example: labalign taxonomy validate examples/taxonomy",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": HELP_NAMES},
 )
 app.add_typer(taxonomy_cli.app)
 app.add_typer(documents_cli.app)

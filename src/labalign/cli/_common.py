@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from labalign.config import Settings, load_settings
+from labalign.errors import LabalignError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -35,6 +36,45 @@ def allowed_roots_override(ctx: typer.Context, extra: list[Path] | None) -> list
     if not extra:
         return None
     return [*settings(ctx).documents.allowed_roots, *extra]
+
+
+# One convention in every command that reads a taxonomy: its root is the first positional argument;
+# `-t/--taxonomy` stays as an alias so that older scripts keep working.
+TaxonomyArg = Annotated[
+    Path | None,
+    typer.Argument(
+        metavar="TAXONOMY",
+        show_default=False,
+        help="Taxonomy root (holds compositional_skills/, knowledge/); default: setting taxonomy.path.",
+    ),
+]
+TaxonomyAlias = Annotated[
+    Path | None,
+    typer.Option(
+        "--taxonomy", "-t", metavar="PATH", help="The taxonomy root, as an option (same as TAXONOMY)."
+    ),
+]
+
+
+def pick_taxonomy(argument: Path | None, alias: Path | None) -> Path | None:
+    """The taxonomy given as the positional argument or as -t (None: neither, use the setting)."""
+    if argument is not None and alias is not None and argument.resolve() != alias.resolve():
+        raise LabalignError(
+            f"two taxonomies given: {argument} and -t {alias}", hint="give the taxonomy once, as TAXONOMY"
+        )
+    return argument if argument is not None else alias
+
+
+def taxonomy_and_leaf(words: list[str], alias: Path | None) -> tuple[Path | None, str]:
+    """`[TAXONOMY] LEAF` positionals: one word is the leaf, two are the taxonomy root and the leaf."""
+    if len(words) == 1:
+        return alias, words[0]
+    if len(words) == 2:
+        return pick_taxonomy(Path(words[0]), alias), words[1]
+    raise LabalignError(
+        f"expected [TAXONOMY] LEAF, got {len(words)} arguments",
+        hint="e.g. examples/taxonomy knowledge/history/quillmarrow_island",
+    )
 
 
 class OutputFormat(StrEnum):

@@ -13,11 +13,13 @@ from labalign import yamlsafe
 from labalign.cli._common import (
     AllowDocuments,
     OutputFormat,
+    TaxonomyAlias,
     allowed_roots_override,
     console,
     err_console,
     print_json,
     settings,
+    taxonomy_and_leaf,
 )
 from labalign.documents import (
     DocumentSource,
@@ -32,7 +34,7 @@ from labalign.taxonomy.discover import find_root
 app = typer.Typer(
     name="documents",
     help="Fetch, read and chunk the source documents of knowledge leaves.\n\n"
-    "Example: labalign documents chunk knowledge/geography/vellmoor --taxonomy taxonomy/",
+    "Example: labalign documents chunk examples/taxonomy knowledge/history/quillmarrow_island",
     no_args_is_help=True,
 )
 
@@ -46,11 +48,16 @@ def _group() -> None:
 @app.command("chunk")
 def chunk_command(
     ctx: typer.Context,
-    leaf: Annotated[Path, typer.Argument(help="A knowledge qna.yaml, or the folder that holds it.")],
-    taxonomy: Annotated[
-        Path | None,
-        typer.Option("--taxonomy", "-t", help="Taxonomy root; a relative LEAF is looked up under it first."),
-    ] = None,
+    words: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="[TAXONOMY] LEAF",
+            show_default=False,
+            help="Taxonomy root (optional: a relative LEAF is looked up under it first), then a knowledge "
+            "qna.yaml or the folder that holds it.",
+        ),
+    ],
+    alias: TaxonomyAlias = None,
     max_tokens: Annotated[
         int | None,
         typer.Option(
@@ -88,7 +95,8 @@ def chunk_command(
         },
     )
     budget = s.documents.chunk_tokens
-    leaf_file = _leaf_file(leaf, taxonomy)
+    taxonomy, leaf = taxonomy_and_leaf(words, alias)
+    leaf_file = _leaf_file(Path(leaf), taxonomy)
     source = read_leaf_document(leaf_file)
     files = resolve_leaf_documents(source, leaf_file.parent, find_root(leaf_file), s)
     if files is None:
@@ -150,7 +158,7 @@ def _leaf_file(leaf: Path, taxonomy: Path | None) -> Path:
     if not path.is_file():
         raise DocumentError(
             f"no knowledge leaf at {path}",
-            hint="pass a qna.yaml file or its folder (relative to --taxonomy or the current folder)",
+            hint="pass a qna.yaml file or its folder (relative to TAXONOMY or the current folder)",
         )
     return path
 

@@ -11,7 +11,16 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from labalign.cli._common import OutputFormat, console, err_console, print_json, settings
+from labalign.cli._common import (
+    OutputFormat,
+    TaxonomyAlias,
+    TaxonomyArg,
+    console,
+    err_console,
+    pick_taxonomy,
+    print_json,
+    settings,
+)
 from labalign.config import Settings
 from labalign.evaluate import suite
 from labalign.evaluate.forgetting import DEFAULT_THRESHOLD
@@ -26,7 +35,6 @@ Base = Annotated[str | None, typer.Option("--base", help="The model before tunin
 Judge = Annotated[
     str | None, typer.Option("--judge", help="Judge model (any model spec): 1-10 ratings, MT-Bench.")
 ]
-TaxonomyOpt = Annotated[Path | None, typer.Option("--taxonomy", "-t", help="Taxonomy root.")]
 Heldout = Annotated[
     Path | None,
     typer.Option(
@@ -42,7 +50,7 @@ Data = Annotated[
 Seeds = Annotated[bool, typer.Option("--seeds/--no-seeds", help="Also ask the leaves' seed questions.")]
 MaxTokens = Annotated[int, typer.Option("--max-tokens", min=8, help="Longest answer, in tokens.")]
 Out = Annotated[Path, typer.Option("--out", help="Write <eval>.json, plots and answers here.")]
-Fmt = Annotated[OutputFormat, typer.Option("--format")]
+Fmt = Annotated[OutputFormat, typer.Option("--format", help="text: tables; json: the result as written.")]
 MtBenchData = Annotated[
     Path | None,
     typer.Option(
@@ -262,9 +270,10 @@ def _emit(result: dict[str, Any], fmt: OutputFormat, table: Callable[[dict[str, 
 def branch_command(
     ctx: typer.Context,
     model: Model,
+    taxonomy: TaxonomyArg = None,
+    alias: TaxonomyAlias = None,
     base: Base = None,
     judge: Judge = None,
-    taxonomy: TaxonomyOpt = None,
     heldout: Heldout = None,
     data: Data = None,
     seeds: Seeds = True,
@@ -277,7 +286,7 @@ def branch_command(
     Scores: token F1 and ROUGE-L against the reference answers, plus 1-10 judge ratings with --judge.
     Writes branch.json, branch_answers.jsonl, branch.png and branch_scores.png to --out.
 
-    Example: labalign evaluate branch --model runs/x/final --base default -t examples/taxonomy --format json
+    Example: labalign evaluate branch examples/taxonomy --model runs/x/final --base default --format json
     """
     s = settings(ctx)
     plan = _plan(
@@ -285,7 +294,7 @@ def branch_command(
         model=model,
         base=base,
         judge=judge,
-        taxonomy=taxonomy,
+        taxonomy=pick_taxonomy(taxonomy, alias),
         heldout=heldout,
         data=data,
         seeds=seeds,
@@ -445,9 +454,10 @@ def general_knowledge_command(
 def all_command(
     ctx: typer.Context,
     model: Model,
+    taxonomy: TaxonomyArg = None,
+    alias: TaxonomyAlias = None,
     base: Base = None,
     judge: Judge = None,
-    taxonomy: TaxonomyOpt = None,
     heldout: Heldout = None,
     data: Data = None,
     evals: Annotated[
@@ -471,7 +481,7 @@ def all_command(
     the local Hugging Face cache. Writes each result, its plots and results.json (with the regressions)
     to --out.
 
-    Example: labalign evaluate all --model runs/x/final --base default -t examples/taxonomy --out eval/
+    Example: labalign evaluate all examples/taxonomy --model runs/x/final --base default --out eval/
     """
     s = settings(ctx)
     plan = _plan(
@@ -479,7 +489,7 @@ def all_command(
         model=model,
         base=base,
         judge=judge,
-        taxonomy=taxonomy,
+        taxonomy=pick_taxonomy(taxonomy, alias),
         heldout=heldout,
         data=data,
         evals=tuple(e.strip() for e in evals.split(",") if e.strip()),

@@ -18,13 +18,14 @@ from labalign.cli._common import (
     allowed_roots_override,
     console,
     err_console,
+    layered_settings,
     print_json,
-    settings,
 )
 from labalign.dirlock import locked
 from labalign.errors import LabalignError
 from labalign.interrupts import stop_promptly
 from labalign.jsonl import read_jsonl
+from labalign.run.profiles import PROFILES, get_profile
 from labalign.sdg.driver import (
     empty_leaf_warnings,
     funnel_table,
@@ -49,14 +50,25 @@ def generate_command(
     ctx: typer.Context,
     taxonomy: Annotated[Path, typer.Argument(help="Taxonomy root.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (re-run to resume).")],
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            "-p",
+            help=f"Settings profile, as in `labalign run` ({', '.join(PROFILES)}): the same data as a run "
+            "with that profile. Default: the settings alone.",
+        ),
+    ] = None,
     teacher: Annotated[
         str | None, typer.Option("--teacher", help="Teacher model spec (default: settings).")
     ] = None,
     judge: Annotated[
         str | None, typer.Option("--judge", help="Judge model spec (default: the teacher).")
     ] = None,
-    samples_per_leaf: Annotated[int | None, typer.Option("--samples-per-leaf", "-n", min=1)] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    samples_per_leaf: Annotated[
+        int | None, typer.Option("--samples-per-leaf", "-n", min=1, help="Samples to generate per leaf.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of generation (setting sdg.seed).")] = None,
     leaves: Annotated[
         list[str] | None, typer.Option("--leaves", help="Only these leaves (or folders).")
     ] = None,
@@ -74,11 +86,12 @@ def generate_command(
     DIR/leaves/<leaf>/samples.jsonl and DIR/stats.json. Killed? Run the same command again: every
     teacher answer already received is reused and the output is the same.
 
-    Example: labalign generate examples/taxonomy --teacher default --samples-per-leaf 4 --seed 3 --out data/
+    Example: labalign generate examples/taxonomy --profile quick --out data/
     """
-    s = settings(
+    s = layered_settings(
         ctx,
-        **{
+        get_profile(profile).settings if profile else None,
+        {
             "teacher.model": teacher,
             "sdg.judge": judge,
             "sdg.samples_per_leaf": samples_per_leaf,
@@ -114,7 +127,9 @@ def generate_command(
 @data_app.command("stats")
 def data_stats(
     out: Annotated[Path, typer.Argument(help="A folder written by `labalign generate`.")],
-    fmt: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.text,
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", help="text: the funnel table; json: stats.json and counts.")
+    ] = OutputFormat.text,
 ) -> None:
     """Show the generation funnel and record counts of a generated dataset.
 

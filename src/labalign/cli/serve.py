@@ -95,7 +95,20 @@ def run_server(app: FastAPI, sock: socket.socket, log_level: str) -> None:
     DrainingServer(config).run(sockets=[sock])
 
 
-def _exec_vllm(model: str, host: str, port: int, api_key: str | None, model_name: str | None) -> None:
+def _exec_vllm(
+    model: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    model_name: str | None,
+    extra: list[str] | None = None,
+) -> None:
+    """Replace this process with vLLM's OpenAI server; `extra` (what followed `--`) is passed unchanged."""
+    if model == "default":
+        raise LabalignError(
+            "--engine vllm cannot serve 'default' (the embedded GGUF model runs on llama.cpp)",
+            hint="give a Hugging Face model folder such as runs/x/train/final, or drop --engine vllm",
+        )
     if importlib.util.find_spec("vllm") is None:
         raise LabalignError(
             "--engine vllm needs vLLM, which is not installed",
@@ -109,6 +122,7 @@ def _exec_vllm(model: str, host: str, port: int, api_key: str | None, model_name
         env["VLLM_API_KEY"] = api_key
     if model_name:
         argv += ["--served-model-name", model_name]
+    argv += extra or []
     err_console.print(f"starting vLLM: {escape(' '.join(argv))}")
     sys.stdout.flush()
     sys.stderr.flush()
@@ -151,10 +165,21 @@ def serve(
 ) -> None:
     """Serve a model through an OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions.
 
-    Any OpenAI client can then use it as base_url http://HOST:PORT/v1.
+    Any OpenAI client can then use it as base_url http://HOST:PORT/v1. A .gguf file runs on llama.cpp
+    (all layers on the GPU when llama.cpp was built with GPU support; setting llm.gpu_layers). With
+    --engine vllm, arguments after -- go to vLLM's server unchanged.
 
-    Example: labalign serve runs/demo/phase2/best --port 8000 --model-name demo
+    Example: labalign serve runs/demo/train/final --port 8000 --model-name demo
+
+    Example (vLLM on two GPUs): labalign serve runs/demo/train/final --engine vllm --
+    --tensor-parallel-size 2 --gpu-memory-utilization 0.85
     """
+    extra = list(ctx.args) if ctx is not None else []
+    if extra and engine is not Engine.vllm:
+        raise LabalignError(
+            f"unexpected arguments {' '.join(extra)!r}: only --engine vllm takes arguments after --",
+            hint="labalign serve MODEL [OPTIONS], or --engine vllm -- VLLM_ARGS",
+        )
     if not is_loopback_host(host) and not api_key:
         err_console.print(
             f"[yellow]warning:[/] listening on {escape(host)} without --api-key: "
@@ -162,7 +187,7 @@ def serve(
             soft_wrap=True,
         )
     if engine is Engine.vllm:
-        _exec_vllm(model, host, port, api_key, model_name)
+        _exec_vllm(model, host, port, api_key, model_name, extra)
         return
     from labalign.serve import create_app
 
@@ -295,5 +320,6 @@ def _interactive(
 
 def register(app: typer.Typer) -> None:
     """Add `serve` and `chat` as top-level commands of the labalign CLI."""
-    app.command("serve")(serve)
+    # Extra arguments (after --) are collected for vLLM; serve itself refuses them otherwise.
+    app.command("serve", context_settings={"allow_extra_args": True})(serve)
     app.command("chat")(chat)

@@ -13,11 +13,15 @@ from rich.text import Text
 from labalign.cli._common import (
     AllowDocuments,
     OutputFormat,
+    TaxonomyAlias,
+    TaxonomyArg,
     allowed_roots_override,
     console,
     err_console,
+    pick_taxonomy,
     print_json,
     settings,
+    taxonomy_and_leaf,
 )
 from labalign.errors import TaxonomyError
 from labalign.sdg.driver import resolve_leaf_documents
@@ -39,7 +43,6 @@ app = typer.Typer(
 )
 
 _FORMAT = typer.Option(OutputFormat.text, "--format", help="text or json.")
-_ROOT = typer.Option(None, "--taxonomy", "-t", help="Taxonomy root (default: settings taxonomy.path).")
 _FOUNDATIONAL = typer.Option(
     None, "--include-foundational/--no-foundational", help="Also read foundational_skills/."
 )
@@ -170,14 +173,19 @@ def _document_summary(leaf: Leaf) -> str:
 
 
 @app.command("list")
-def list_leaves(ctx: typer.Context, root: Path = _ROOT, fmt: OutputFormat = _FORMAT) -> None:
+def list_leaves(
+    ctx: typer.Context,
+    root: TaxonomyArg = None,
+    alias: TaxonomyAlias = None,
+    fmt: OutputFormat = _FORMAT,
+) -> None:
     """List the taxonomy's leaves: name, type, seed examples and document.
 
     Files with errors are left out and counted; run `labalign taxonomy validate` for details.
 
-    Example: labalign taxonomy list -t examples/taxonomy
+    Example: labalign taxonomy list examples/taxonomy
     """
-    leaves, report, _ = _leaves(ctx, root)
+    leaves, report, _ = _leaves(ctx, pick_taxonomy(root, alias))
     invalid = [f.relpath for f in report.files if f.errors]
     if fmt is OutputFormat.json:
         print_json(
@@ -226,18 +234,23 @@ def list_leaves(ctx: typer.Context, root: Path = _ROOT, fmt: OutputFormat = _FOR
 @app.command("show")
 def show(
     ctx: typer.Context,
-    leaf_name: str = typer.Argument(
-        ..., metavar="LEAF", help="Leaf name (folder under the root) or qna.yaml path."
+    words: list[str] = typer.Argument(
+        ...,
+        metavar="[TAXONOMY] LEAF",
+        show_default=False,
+        help="Taxonomy root (optional; default: setting taxonomy.path), then the leaf: its name (folder "
+        "under the root) or a qna.yaml path.",
     ),
-    root: Path = _ROOT,
+    alias: TaxonomyAlias = None,
     offline: bool = typer.Option(None, "--offline", help="Do not fetch remote document repositories."),
     allow_documents: AllowDocuments = None,
     fmt: OutputFormat = _FORMAT,
 ) -> None:
     """Show one leaf: its description, seed examples and resolved documents.
 
-    Example: labalign taxonomy show knowledge/history/vellmoor_island -t examples/taxonomy
+    Example: labalign taxonomy show examples/taxonomy knowledge/history/quillmarrow_island
     """
+    root, leaf_name = taxonomy_and_leaf(words, alias)
     s = settings(
         ctx,
         **{

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
 from functools import lru_cache
 from typing import Any
 
@@ -20,16 +22,46 @@ def read_document(file: DocumentFile) -> str:
     ``.md``, ``.markdown`` and ``.txt`` are read as UTF-8 (a BOM is dropped); ``.pdf``, ``.docx`` and
     ``.html`` are converted by docling, an optional extra (``pip install 'labalign[docling]'``).
     """
+    check_readable(file)
     suffix = file.path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
         return _read_text(file)
+    return _convert_with_docling(file, DOCLING_SUFFIXES[suffix])
+
+
+def check_readable(file: DocumentFile) -> None:
+    """Raise the DocumentError reading would, without reading: a type this installation cannot read.
+
+    `taxonomy validate` calls it so that a PDF with no docling installed fails there, naming the fix,
+    rather than minutes later in generation.
+    """
+    suffix = file.path.suffix.lower()
+    if suffix in TEXT_SUFFIXES:
+        return
     if suffix in DOCLING_SUFFIXES:
-        return _convert_with_docling(file, DOCLING_SUFFIXES[suffix])
+        if not _docling_installed():
+            raise _needs_docling(file, DOCLING_SUFFIXES[suffix])
+        return
     supported = ", ".join(sorted(TEXT_SUFFIXES | DOCLING_SUFFIXES.keys()))
     raise DocumentError(
         f"document {file.relpath!r} has an unsupported type {suffix or '(no extension)'!r}",
         path=file.path,
         hint=f"supported: {supported}; change document.patterns to match only those",
+    )
+
+
+def _docling_installed() -> bool:
+    # Found without importing it (docling loads torch and layout models: seconds).
+    if "docling" in sys.modules:
+        return sys.modules["docling"] is not None
+    return importlib.util.find_spec("docling") is not None
+
+
+def _needs_docling(file: DocumentFile, kind: str) -> DocumentError:
+    return DocumentError(
+        f"reading {kind} ({file.relpath}) needs the docling extra: pip install 'labalign[docling]'",
+        path=file.path,
+        hint=f"or convert {file.relpath} to markdown and point document.patterns at the .md file",
     )
 
 
@@ -69,11 +101,7 @@ def _convert_with_docling(file: DocumentFile, kind: str) -> str:
     try:
         converter = _docling_converter()
     except ImportError:
-        raise DocumentError(
-            f"reading {kind} needs the docling extra: pip install 'labalign[docling]'",
-            path=file.path,
-            hint=f"or convert {file.relpath} to markdown and point document.patterns at the .md file",
-        ) from None
+        raise _needs_docling(file, kind) from None
     try:
         markdown = converter.convert(str(file.path)).document.export_to_markdown()
     except Exception as exc:  # docling raises many types; any failure here is about this input file

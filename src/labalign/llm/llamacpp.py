@@ -98,10 +98,12 @@ class LlamaCppBackend:
         n_threads: int | None = None,
         seed: int = 0,
         order: Literal["shared_prefix", "arrival"] = "shared_prefix",
+        n_gpu_layers: int = -1,
     ) -> None:
         """`order="arrival"` answers each caller's requests one after another, callers interleaved as
         they come (labalign's order before the shared-prefix one; see
-        benchmarks/llamacpp_request_order.py)."""
+        benchmarks/llamacpp_request_order.py). `n_gpu_layers`: layers offloaded to a GPU (-1: all) when
+        this llama.cpp build can offload; 0 otherwise."""
         try:
             import llama_cpp
         except ImportError as exc:
@@ -116,6 +118,7 @@ class LlamaCppBackend:
             n_ctx = min(DEFAULT_N_CTX, trained) if isinstance(trained, int) and trained > 0 else DEFAULT_N_CTX
         self.n_threads = n_threads or physical_cores()
         self._seed = seed
+        self.gpu_layers = n_gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
         try:
             with _load_lock, _without_amx(llama_cpp):
                 self._llm = llama_cpp.Llama(
@@ -125,6 +128,7 @@ class LlamaCppBackend:
                     n_threads_batch=self.n_threads,
                     n_batch=PREFILL_BLOCK,
                     seed=seed,
+                    n_gpu_layers=self.gpu_layers,
                     verbose=False,
                 )
         except (ValueError, RuntimeError) as exc:

@@ -130,12 +130,12 @@ def open_backend(
         from labalign.llm.default_model import default_gguf_path, default_hf_dir
 
         if _use_llamacpp(prefer):
-            return _llamacpp(default_gguf_path(cache))
+            return _llamacpp(default_gguf_path(cache), settings)
         return _transformers(default_hf_dir(cache), settings)
 
     gguf_path = Path(parsed.value)
     if _use_llamacpp(prefer):
-        return _llamacpp(gguf_path)
+        return _llamacpp(gguf_path, settings)
     from labalign.llm.convert import convert_gguf, converted_dir_for
 
     out_dir = converted_dir_for(gguf_path, cache)
@@ -157,10 +157,10 @@ def _use_llamacpp(prefer: Prefer) -> bool:
     return False  # auto without llama.cpp: transformers on a converted copy still works, only slower
 
 
-def _llamacpp(path: Path) -> Backend:
+def _llamacpp(path: Path, settings: LLMSettings | None) -> Backend:
     from labalign.llm.llamacpp import LlamaCppBackend
 
-    return LlamaCppBackend(path)
+    return LlamaCppBackend(path, n_gpu_layers=settings.gpu_layers if settings is not None else -1)
 
 
 def _transformers(model_dir: Path, settings: LLMSettings | None) -> Backend:

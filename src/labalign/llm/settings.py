@@ -49,6 +49,12 @@ class LLMSettings(BaseModel):
         "Hugging Face teacher); on 2 CPU cores 32 held-out questions took 30 s in one batch against 65 s "
         "in batches of 8.",
     )
+    gpu_layers: int = Field(
+        -1,
+        ge=-1,
+        description="GGUF models run by llama.cpp: how many layers go to the GPU (-1: all, 0: none). "
+        "A llama.cpp built without GPU support runs every layer on the CPU whatever this says.",
+    )
     cache: bool = Field(
         True, description="Keep every successful model answer in a request cache so a killed run resumes."
     )

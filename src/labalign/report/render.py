@@ -302,8 +302,8 @@ def _next_steps(run_dir: Path, manifest: Manifest, stages: dict[str, StageView])
     student = manifest.models.get("student") or "default"
     if manifest.taxonomy:
         evaluate = (
-            f"labalign evaluate branch --model {q(str(final))} --base {q(_redact(student))} "
-            f"-t {q(manifest.taxonomy)}"
+            f"labalign evaluate branch {q(manifest.taxonomy)} --model {q(str(final))} "
+            f"--base {q(_redact(student))}"
         )
         commands.append(("Compare it with the base student on the taxonomy's questions", evaluate))
     unfinished = [v.name for k, v in stages.items() if k != "report" and v.status != "done"]

@@ -10,6 +10,7 @@ from typing import Any
 from labalign import yamlsafe
 from labalign.config import Settings, TaxonomySettings, default_cache_dir
 from labalign.documents import DocumentError, DocumentSource, resolve_documents, token_counter
+from labalign.documents.convert import check_readable
 from labalign.errors import LabalignError, TaxonomyError
 from labalign.taxonomy import checks, schema
 from labalign.taxonomy.discover import LEAF_FILE, TaxonomyFile, discover, require_files
@@ -183,7 +184,7 @@ def _check_document(
 ) -> None:
     """The leaf's documents must resolve to at least one readable file."""
     try:
-        resolve_documents(
+        files = resolve_documents(
             source,
             base_dir=tf.path.parent,
             cache_dir=options.cache_dir or default_cache_dir(),
@@ -191,9 +192,12 @@ def _check_document(
             offline=options.offline,
             max_file_bytes=options.max_document_bytes,
         )
+        for file in files or []:  # None: a remote repository skipped offline
+            check_readable(file)
     except DocumentError as exc:
         text = str(exc.message).lower()
-        target = "patterns" if "pattern" in text else "commit" if "commit" in text else "repo"
+        about_files = any(word in text for word in ("pattern", "docling", "unsupported type"))
+        target = "patterns" if about_files else "commit" if "commit" in text else "repo"
         line, col, ypath = where.at(["document", target])
         message = exc.message if not exc.hint else f"{exc.message} ({exc.hint})"
         report.add("error", message, line, col, ypath)
