@@ -99,6 +99,10 @@ def test_run_killed_mid_training_resumes_and_reports(tmp_path: Path) -> None:
     assert "branch" in results["evaluations"] and "forgetting" in results["evaluations"]
     html = (run / "report.html").read_text()
     assert "quillmarrow_island" in html and "labalign chat" in html
+    # The quick profile hands the model on as a GGUF file too (train.export_gguf q8_0).
+    assert (
+        run / "train" / "final.gguf"
+    ).is_file() and f"labalign serve {run / 'train' / 'final.gguf'}" in html
     assert "run summary" in done.stdout
     log = [json.loads(line) for line in (run / "train" / "training_log.jsonl").read_text().splitlines()]
     steps = [(r["phase"], r["step"]) for r in log if r.get("event") == "train"]

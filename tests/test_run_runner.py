@@ -138,6 +138,10 @@ def test_changed_inputs_are_named_and_redone_from_the_stage_they_feed(
     assert rec.ran() == ["train", "evaluate", "report"]
     assert "train.epochs: 5 -> 4" in console.export_text()
 
+    # Exporting a GGUF is the report stage's work: asking for another one never retrains.
+    go(taxonomy, tmp_path / "run", overrides={"train.epochs": 4, "train.export_gguf": "f16"})
+    assert rec.ran() == ["report"]
+
 
 def test_from_redoes_that_stage_and_everything_after(
     monkeypatch: pytest.MonkeyPatch, taxonomy: Path, tmp_path: Path

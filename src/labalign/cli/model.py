@@ -1,24 +1,35 @@
-"""`labalign model`: convert GGUF files to Hugging Face directories, list the models in the cache."""
+"""`labalign model`: GGUF <-> Hugging Face (convert, export) and the models in the cache."""
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
 from labalign.cli._common import OutputFormat, console, err_console, print_json, settings
+from labalign.errors import LabalignError
+from labalign.export.gguf_export import Quant
 from labalign.llm.convert import check_gguf, convert_gguf, converted_dir_for, read_marker
 from labalign.llm.default_model import default_gguf_path, default_gguf_status
 
 app = typer.Typer(
     name="model",
-    help="Convert GGUF models to Hugging Face directories and list the models in the cache.\n\n"
-    "Example: labalign model convert default",
+    help="Convert GGUF models to Hugging Face directories, export tuned models to GGUF or Ollama, and "
+    "list the models in the cache.\n\nExample: labalign model export runs/quick/train/final --out model.gguf",
     no_args_is_help=True,
 )
 
@@ -91,6 +102,90 @@ def convert_command(
             f"converted {gguf_path.name} -> {result.out_dir} in {result.seconds:.1f} s", style="green"
         )
     console.print(line, soft_wrap=True, highlight=False)
+
+
+class ExportFormat(StrEnum):
+    gguf = "gguf"
+    ollama = "ollama"
+
+
+@app.command("export")
+def export_command(
+    model_dir: Annotated[
+        Path, typer.Argument(help="A Hugging Face model folder, such as a run's train/final.")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="The .gguf file to write (gguf), or the folder for the GGUF and Modelfile (ollama).",
+        ),
+    ],
+    export_format: Annotated[
+        ExportFormat,
+        typer.Option("--format", help="gguf: one file for llama.cpp / LM Studio; ollama: plus a Modelfile."),
+    ] = ExportFormat.gguf,
+    quant: Annotated[
+        Quant,
+        typer.Option(
+            "--quant",
+            help="Weights in the file: f16, bf16 or f32 as written; q8_0 or q4_k_m by llama.cpp's quantizer.",
+        ),
+    ] = Quant.f16,
+) -> None:
+    """Export a Hugging Face checkpoint (Gemma 3, Llama, Granite, Qwen 2/3) as a GGUF file.
+
+    The file holds the weights, the tokenizer and the chat template: llama.cpp, LM Studio and
+    `labalign serve FILE` run it as it is. With --format ollama, OUT is a folder with the GGUF and a
+    Modelfile: `ollama create NAME -f OUT/Modelfile`.
+
+    Example: labalign model export runs/quick/train/final --quant q8_0 --out model.gguf
+    """
+    from labalign.export import export_gguf
+    from labalign.export.gguf_export import chat_template
+    from labalign.export.ollama import write_modelfile
+
+    target = out / f"{model_dir.resolve().name}-{quant}.gguf" if export_format is ExportFormat.ollama else out
+    if export_format is ExportFormat.gguf and target.suffix.lower() != ".gguf":
+        raise LabalignError("--out must name a .gguf file", path=target, hint="e.g. --out model.gguf")
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("reading the model", total=None)
+        result = export_gguf(
+            model_dir,
+            target,
+            quant,
+            on_progress=lambda what, done, total: progress.update(
+                task, description=what, completed=done, total=total
+            ),
+        )
+    for note in result.notes:
+        err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    console.print(
+        Text(
+            f"wrote {result.path} ({result.arch}, {result.quant}, {_human_size(result.bytes)})", style="green"
+        ),
+        soft_wrap=True,
+    )
+    if export_format is ExportFormat.ollama:
+        eos = None
+        tc = model_dir / "tokenizer_config.json"
+        if tc.is_file():
+            eos = json.loads(tc.read_text(encoding="utf-8")).get("eos_token")
+        modelfile = write_modelfile(
+            out, result.path.name, chat_template(model_dir), eos if isinstance(eos, str) else None
+        )
+        console.print(
+            f"wrote {modelfile}\nollama create NAME -f {modelfile}", highlight=False, soft_wrap=True
+        )
 
 
 @app.command("list")

@@ -299,6 +299,21 @@ def _next_steps(run_dir: Path, manifest: Manifest, stages: dict[str, StageView])
         ("Chat with the tuned model in the terminal", f"labalign chat {q(str(final))}"),
         ("Serve it as an OpenAI-compatible API on port 8000", f"labalign serve {q(str(final))}"),
     ]
+    gguf = run_dir / "train" / "final.gguf"
+    if gguf.is_file():
+        commands.append(
+            (
+                "Run the GGUF file with llama.cpp (LM Studio, Ollama take it too)",
+                f"labalign serve {q(str(gguf))}",
+            )
+        )
+    else:
+        commands.append(
+            (
+                "Export it for llama.cpp or Ollama",
+                f"labalign model export {q(str(final))} --quant q8_0 --out model.gguf",
+            )
+        )
     student = manifest.models.get("student") or "default"
     if manifest.taxonomy:
         evaluate = (

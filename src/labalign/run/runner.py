@@ -65,12 +65,14 @@ def _fingerprints(options: RunOptions, settings: Settings, inputs: dict[str, str
     fp["generate"] = fingerprint(
         fp["validate"], subset(inputs, "documents/"), s["teacher"], s["sdg"], s["documents"]
     )
-    fp["train"] = fingerprint(fp["generate"], options.student, s["train"])
+    # The GGUF export is the report stage's work (seconds): choosing it must not redo training.
+    train = {k: v for k, v in s["train"].items() if k != "export_gguf"}
+    fp["train"] = fingerprint(fp["generate"], options.student, train)
     p = options.profile
     fp["evaluate"] = fingerprint(
         fp["train"], subset(inputs, "heldout/"), options.eval_judge, p.evals, p.eval_max_tokens, p.eval_seeds
     )
-    fp["report"] = fingerprint(fp["evaluate"])
+    fp["report"] = fingerprint(fp["evaluate"], s["train"]["export_gguf"])
     return fp
 
 

@@ -248,7 +248,16 @@ def evaluate(ctx: RunContext) -> dict[str, Any]:
 def report(ctx: RunContext) -> dict[str, Any]:
     from labalign.report import render_report
 
-    return {"report": str(render_report(ctx.run_dir))}
+    summary: dict[str, Any] = {}
+    quant = ctx.settings.train.export_gguf
+    final = ctx.run_dir / TRAIN / "final"
+    if quant is not None and (final / "config.json").is_file():
+        from labalign.export import Quant, export_gguf
+
+        ctx.console.print(f"exporting {final} to GGUF ({quant})", highlight=False)
+        result = export_gguf(final, ctx.run_dir / TRAIN / "final.gguf", Quant(quant))
+        summary["gguf"] = {"path": str(result.path), "quant": str(result.quant), "bytes": result.bytes}
+    return {"report": str(render_report(ctx.run_dir)), **summary}
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[RunContext], dict[str, Any]]] = {

@@ -145,6 +145,11 @@ class TrainSettings(BaseModel):
         description="Largest general-text perplexity ratio (tuned / base, on the held-out replay text) a "
         "checkpoint may have to be chosen as a phase's best; unset: no limit.",
     )
+    export_gguf: Literal["f32", "f16", "bf16", "q8_0", "q4_k_m"] | None = Field(
+        None,
+        description="`labalign run` also writes train/final.gguf with these weights (llama.cpp, Ollama, "
+        "LM Studio); unset: no GGUF. Done in the report stage: changing it never retrains.",
+    )
     bf16: Toggle = Field(
         "auto", description="bf16 autocast: auto uses it where the CPU or GPU supports it natively."
     )
