@@ -12,13 +12,16 @@ expects (Llama's rotary layout of q/k, Gemma's norms stored as 1 + weight).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
 import math
 import os
 import re
-from collections.abc import Callable
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -81,6 +84,7 @@ def export_gguf(
     arch = _arch(config, model_dir)
     vocab = read_vocab(model_dir, config)
     state = _load_state(model_dir)
+    notes = list(vocab.notes)
     base = quant if quant in (Quant.f32, Quant.f16, Quant.bf16) else Quant.f16
     plain = out if base is quant else out.with_name(out.name + ".f16.tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -101,12 +105,12 @@ def export_gguf(
         writer.close()
         os.replace(partial, plain)
         if plain is not out:
-            _quantize(plain, out, quant, on_progress)
+            notes += _quantize(plain, out, quant, on_progress)
     finally:
         partial.unlink(missing_ok=True)
         if plain is not out:
             plain.unlink(missing_ok=True)
-    return ExportResult(out, arch.gguf_name, quant, count, out.stat().st_size, list(vocab.notes))
+    return ExportResult(out, arch.gguf_name, quant, count, out.stat().st_size, notes)
 
 
 def _read_config(model_dir: Path) -> dict[str, Any]:
@@ -334,8 +338,26 @@ def _llama3_rope_freqs(config: dict[str, Any], scaling: dict[str, Any]) -> np.nd
 _FILE_TYPES = {Quant.f32: 0, Quant.f16: 1, Quant.bf16: 32}  # llama_ftype: ALL_F32, MOSTLY_F16, MOSTLY_BF16
 
 
-def _quantize(source: Path, out: Path, quant: Quant, on_progress: ProgressFn | None) -> None:
-    """llama.cpp's own quantizer (llama_model_quantize), on the float16 file just written."""
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """What C code writes to file descriptor 2 meanwhile, kept instead of shown (one string, at exit)."""
+    said: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            said.append(sink.read().decode("utf-8", "replace"))
+
+
+def _quantize(source: Path, out: Path, quant: Quant, on_progress: ProgressFn | None) -> list[str]:
+    """llama.cpp's own quantizer (llama_model_quantize), on the float16 file just written; returns what
+    it said a user should know (tensors whose rows the k-quants cannot take, quantized otherwise)."""
     try:
         import llama_cpp
     except ImportError as exc:
@@ -354,16 +376,29 @@ def _quantize(source: Path, out: Path, quant: Quant, on_progress: ProgressFn | N
     level = log.level
     log.setLevel(logging.ERROR)
     try:
-        status = llama_cpp.llama_model_quantize(
-            str(source).encode(), str(partial).encode(), ctypes.byref(params)
-        )
+        with _captured_stderr() as said:  # and prints its fallbacks (q4_K -> q5_0 for 640-wide rows)
+            status = llama_cpp.llama_model_quantize(
+                str(source).encode(), str(partial).encode(), ctypes.byref(params)
+            )
     finally:
         log.setLevel(level)
     if status != 0:
         partial.unlink(missing_ok=True)
+        last = said[0].strip().splitlines()[-1:] if said else []
         raise LabalignError(
-            f"llama.cpp could not quantize the model to {quant} (status {status})", path=source
+            f"llama.cpp could not quantize the model to {quant} (status {status})"
+            + (f": {last[0]}" if last else ""),
+            path=source,
         )
     os.replace(partial, out)
     if on_progress is not None:
         on_progress(f"quantizing to {quant}", 1, 1)
+    fallback = re.search(
+        r"(\d+) of (\d+) tensor\(s\) required fallback quantization", said[0] if said else ""
+    )
+    if fallback is None:
+        return []
+    return [
+        f"llama.cpp quantized {fallback[1]} of {fallback[2]} tensors with another type (their rows are not a "
+        f"multiple of the {quant} block size)"
+    ]
