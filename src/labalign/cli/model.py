@@ -10,8 +10,6 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
     SpinnerColumn,
     TextColumn,
@@ -25,6 +23,7 @@ from labalign.errors import LabalignError
 from labalign.export.gguf_export import Quant
 from labalign.llm.convert import check_gguf, convert_gguf, converted_dir_for, read_marker
 from labalign.llm.default_model import default_gguf_path, default_gguf_status
+from labalign.progress import phase_progress
 
 app = typer.Typer(
     name="model",
@@ -149,24 +148,8 @@ def export_command(
     target = out / f"{model_dir.resolve().name}-{quant}.gguf" if export_format is ExportFormat.ollama else out
     if export_format is ExportFormat.gguf and target.suffix.lower() != ".gguf":
         raise LabalignError("--out must name a .gguf file", path=target, hint="e.g. --out model.gguf")
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("reading the model", total=None)
-        result = export_gguf(
-            model_dir,
-            target,
-            quant,
-            on_progress=lambda what, done, total: progress.update(
-                task, description=what, completed=done, total=total
-            ),
-        )
+    with phase_progress(err_console) as on_progress:
+        result = export_gguf(model_dir, target, quant, on_progress=on_progress)
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     console.print(

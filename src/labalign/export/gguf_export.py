@@ -21,7 +21,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -31,8 +31,7 @@ import numpy as np
 
 from labalign.errors import LabalignError
 from labalign.export.gguf_vocab import GgufVocab, read_vocab
-
-ProgressFn = Callable[[str, int, int], None]  # (what, done, total)
+from labalign.progress import PhaseCallback
 
 
 class Quant(StrEnum):
@@ -74,7 +73,7 @@ def export_gguf(
     out: Path,
     quant: Quant = Quant.f16,
     *,
-    on_progress: ProgressFn | None = None,
+    on_progress: PhaseCallback | None = None,
 ) -> ExportResult:
     """Write `model_dir` (a Hugging Face causal LM folder, weights merged) as the GGUF file `out`."""
     import gguf
@@ -269,7 +268,7 @@ def _add_tensors(
     config: dict[str, Any],
     state: dict[str, Any],
     base: Quant,
-    on_progress: ProgressFn | None,
+    on_progress: PhaseCallback | None,
 ) -> int:
     import gguf
     import torch
@@ -355,7 +354,7 @@ def _captured_stderr() -> Iterator[list[str]]:
             said.append(sink.read().decode("utf-8", "replace"))
 
 
-def _quantize(source: Path, out: Path, quant: Quant, on_progress: ProgressFn | None) -> list[str]:
+def _quantize(source: Path, out: Path, quant: Quant, on_progress: PhaseCallback | None) -> list[str]:
     """llama.cpp's own quantizer (llama_model_quantize), on the float16 file just written; returns what
     it said a user should know (tensors whose rows the k-quants cannot take, quantized otherwise)."""
     try:
