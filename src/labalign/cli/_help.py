@@ -45,7 +45,7 @@ def conventional_metavars(command: Any, help_names: list[str]) -> None:
             # The name column already says what it is; typer would repeat its annotation there.
             param.display_type_rich = lambda ctx: None
             if param.metavar is None:
-                param.metavar = param.name.upper() + ("..." if param.nargs != 1 else "")
+                param.metavar = param.name.upper()  # typer's usage line adds "..." when repeatable
             elif param.nargs != 1:
                 # "[TAXONOMY] LEAF" is its own usage; typer would print "{[TAXONOMY] LEAF}...".
                 param._usage_display_name = lambda text=param.metavar: text
