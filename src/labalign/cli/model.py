@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -142,7 +141,6 @@ def export_command(
     Example: labalign model export runs/quick/train/final --quant q8_0 --out model.gguf
     """
     from labalign.export import export_gguf
-    from labalign.export.gguf_export import chat_template
     from labalign.export.ollama import write_modelfile
 
     target = out / f"{model_dir.resolve().name}-{quant}.gguf" if export_format is ExportFormat.ollama else out
@@ -159,13 +157,7 @@ def export_command(
         soft_wrap=True,
     )
     if export_format is ExportFormat.ollama:
-        eos = None
-        tc = model_dir / "tokenizer_config.json"
-        if tc.is_file():
-            eos = json.loads(tc.read_text(encoding="utf-8")).get("eos_token")
-        modelfile = write_modelfile(
-            out, result.path.name, chat_template(model_dir), eos if isinstance(eos, str) else None
-        )
+        modelfile = write_modelfile(out, result.path.name, result.chat_template, result.eos_token)
         console.print(
             f"wrote {modelfile}\nollama create NAME -f {modelfile}", highlight=False, soft_wrap=True
         )

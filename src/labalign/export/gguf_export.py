@@ -66,6 +66,8 @@ class ExportResult:
     tensors: int
     bytes: int
     notes: list[str] = field(default_factory=list)
+    chat_template: str | None = None  # the model folder's (the file's has no {% generation %} tags)
+    eos_token: str | None = None
 
 
 def export_gguf(
@@ -109,7 +111,17 @@ def export_gguf(
         partial.unlink(missing_ok=True)
         if plain is not out:
             plain.unlink(missing_ok=True)
-    return ExportResult(out, arch.gguf_name, quant, count, out.stat().st_size, notes)
+    eos = vocab.special_ids.get("eos")
+    return ExportResult(
+        out,
+        arch.gguf_name,
+        quant,
+        count,
+        out.stat().st_size,
+        notes,
+        chat_template=template,
+        eos_token=vocab.tokens[eos] if eos is not None else None,
+    )
 
 
 def _read_config(model_dir: Path) -> dict[str, Any]:
@@ -161,14 +173,15 @@ def _rope_theta(config: dict[str, Any], layer_type: str = "full_attention") -> f
     return float(config.get("rope_theta", 10000.0))
 
 
-def _rope_scaling(config: dict[str, Any]) -> dict[str, Any] | None:
+def _rope_scaling(config: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(kind, parameters) of the full-attention layers' rope scaling; None when there is none."""
     params = config.get("rope_parameters") or config.get("rope_scaling")
     if isinstance(params, dict) and isinstance(params.get("full_attention"), dict):
         params = params["full_attention"]
     if not isinstance(params, dict):
         return None
     kind = params.get("rope_type") or params.get("type")
-    return None if kind in (None, "default") else params
+    return None if kind in (None, "default") else (str(kind), params)
 
 
 def _head_dim(config: dict[str, Any]) -> int:
@@ -200,12 +213,12 @@ def _add_hparams(writer: Any, arch: Arch, config: dict[str, Any]) -> None:
         writer.add_logit_scale(float(config.get("logits_scaling", 1.0)))
     scaling = _rope_scaling(config)
     if scaling is not None:
-        kind = scaling.get("rope_type") or scaling.get("type")
+        kind, params = scaling
         if kind == "linear":
             import gguf
 
             writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-            writer.add_rope_scaling_factor(float(scaling["factor"]))
+            writer.add_rope_scaling_factor(float(params["factor"]))
         elif kind != "llama3":  # llama3: frequencies written as rope_freqs.weight (_llama3_rope_freqs)
             raise LabalignError(
                 f"rope scaling {kind!r} is not supported by GGUF export yet",
@@ -281,8 +294,8 @@ def _add_tensors(
     items = [(k, v) for k, v in state.items() if not (tied and k == "lm_head.weight")]
     items = [(k, v) for k, v in items if not k.endswith("rotary_emb.inv_freq")]
     scaling = _rope_scaling(config)
-    if scaling is not None and (scaling.get("rope_type") or scaling.get("type")) == "llama3":
-        writer.add_tensor("rope_freqs.weight", _llama3_rope_freqs(config, scaling))
+    if scaling is not None and scaling[0] == "llama3":
+        writer.add_tensor("rope_freqs.weight", _llama3_rope_freqs(config, scaling[1]))
     for done, (key, tensor) in enumerate(items, 1):
         name = names.get_name(key, try_suffixes=(".weight", ".bias"))
         if name is None:
@@ -359,6 +372,8 @@ def _quantize(source: Path, out: Path, quant: Quant, on_progress: PhaseCallback 
     it said a user should know (tensors whose rows the k-quants cannot take, quantized otherwise)."""
     try:
         import llama_cpp
+
+        from labalign.llm.llamacpp import physical_cores
     except ImportError as exc:
         raise LabalignError(
             f"--quant {quant} needs llama-cpp-python (llama.cpp's quantizer)",
@@ -367,7 +382,7 @@ def _quantize(source: Path, out: Path, quant: Quant, on_progress: PhaseCallback 
     ftype = {Quant.q8_0: llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, Quant.q4_k_m: llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype[quant]
-    params.nthread = os.cpu_count() or 1
+    params.nthread = physical_cores()
     partial = out.with_name(out.name + ".partial")
     if on_progress is not None:
         on_progress(f"quantizing to {quant}", 0, 1)

@@ -66,6 +66,7 @@ def read_vocab(model_dir: Path, config: dict[str, Any]) -> GgufVocab:
     tokens = [f"[PAD{i}]" for i in range(size)]  # ids with no token (llama.cpp needs every id named)
     for text, i in vocab.items():
         tokens[i] = text
+    unnamed = set(range(size)).difference(vocab.values(), added)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     spm = bool(model.get("byte_fallback")) or "▁" in json.dumps(data.get("normalizer"))
     unk = model.get("unk_token")
@@ -78,7 +79,7 @@ def read_vocab(model_dir: Path, config: dict[str, Any]) -> GgufVocab:
             types.append(UNKNOWN)
         elif spm and _BYTE_TOKEN.fullmatch(text):
             types.append(BYTE)
-        elif text.startswith("[PAD") and i not in vocab.values():
+        elif i in unnamed:
             types.append(USER_DEFINED)
         else:
             types.append(NORMAL)

@@ -251,7 +251,13 @@ def report(ctx: RunContext) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     quant = ctx.settings.train.export_gguf
     final = ctx.run_dir / TRAIN / "final"
-    if quant is not None and (final / "config.json").is_file():
+    if quant is not None and not (final / "config.json").is_file():
+        ctx.console.print(
+            f"warning: no GGUF export: {final} is not a full model (a LoRA adapter? set train.merge_lora)",
+            markup=False,
+            highlight=False,
+        )
+    elif quant is not None:
         from labalign.export import Quant, export_gguf
 
         ctx.console.print(f"exporting {final} to GGUF ({quant})", highlight=False)
