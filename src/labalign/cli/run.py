@@ -146,8 +146,10 @@ def run_command(
         raise typer.Exit(130) from exc
     console.print(stage_table(manifest))
     final = run_dir / "train" / "final"
-    console.print(
-        f"report: {run_dir / 'report.html'}\nchat:   labalign chat {final}\nserve:  labalign serve {final}",
-        highlight=False,
-        soft_wrap=True,
+    gguf = run_dir / "train" / "final.gguf"
+    lines = (
+        f"report: {run_dir / 'report.html'}\nchat:   labalign chat {final}\nserve:  labalign serve {final}"
     )
+    if gguf.is_file():
+        lines += f"\ngguf:   {gguf} (llama.cpp, LM Studio; Ollama: labalign model export --format ollama)"
+    console.print(lines, highlight=False, soft_wrap=True)
