@@ -105,7 +105,24 @@ def test_evaluate_all_every_evaluation(fakes: dict[str, str], tmp_path: Path) ->
     assert {"tuned: answering", "base: MT-Bench turn 2", "tuned: perplexity"} <= seen
     assert json.loads((out / "results.json").read_text()) == results
     ev = results["evaluations"]
-    assert list(ev) == ["branch", "mt_bench", "forgetting", "general_knowledge", "mmlu"]
+    assert list(ev) == [
+        "branch",
+        "mt_bench",
+        "forgetting",
+        "general_knowledge",
+        "mmlu_branch",
+        "open_book",
+        "mmlu",
+    ]
+    mb = ev["mmlu_branch"]
+    assert mb["n"] >= 100 and 0 <= mb["base"] <= 1 and 0 <= mb["tuned"] <= 1 and mb["ci_low"] <= mb["delta"]
+    items = json.loads((out / "mmlu_branch.json").read_text())["items"]
+    assert len(items) == mb["n"] and all(len(i["choices"]) == 4 for i in items)
+    # 100 held-out questions and 15 seed ones. The fake tuned model knows their answers closed book, and
+    # gets the grounded prompt wrong.
+    ob = ev["open_book"]
+    assert ob["n"] == 115 and ob["tuned_closed"] == pytest.approx(1.0) and ob["base_closed"] < 0.2
+    assert ob["f1"] == ob["base_open"] and ob["tuned_open"] < 0.2 and 0.3 < ob["retrieval_recall"] <= 1
     assert 0 <= ev["general_knowledge"]["base"] <= 1 and ev["general_knowledge"]["n"] >= 200
     assert (
         ev["branch"]["overall"]["delta"]["f1"]["mean"] > 0.5
@@ -115,7 +132,7 @@ def test_evaluate_all_every_evaluation(fakes: dict[str, str], tmp_path: Path) ->
     assert ev["forgetting"]["flagged"] and ev["forgetting"]["mt_bench_delta"]["mean"] == -5.0
     assert 0 <= ev["mmlu"]["model"] <= 1 and 0 <= ev["mmlu"]["base"] <= 1
     assert [r["eval"] for r in results["regressions"]] == ["forgetting", "mt_bench"]
-    for name in ("branch", "branch_scores", "mt_bench", "forgetting", "mmlu"):
+    for name in ("branch", "branch_scores", "mt_bench", "forgetting", "mmlu", "open_book"):
         assert (out / f"{name}.png").stat().st_size > 1000
     for name in ("branch_answers", "mt_bench_answers"):
         assert (out / f"{name}.jsonl").read_text().count("\n") > 0
@@ -127,10 +144,13 @@ def test_evaluate_all_every_evaluation(fakes: dict[str, str], tmp_path: Path) ->
         "MMLU",
         "Forgetting check",
         "General knowledge",
+        "MMLU-branch",
+        "Closed book vs open book",
         "Regressions",
     ):
         assert title in html
-    assert len(re.findall(r'src="data:image/png;base64,', html)) == 5
+    assert "Now answered (closed book)" in html and "<mark>" in html
+    assert len(re.findall(r'src="data:image/png;base64,', html)) == 6
     assert "general-text perplexity rose" in html and "skipped" not in html
 
 
@@ -144,10 +164,12 @@ def test_all_skips_what_cannot_run_and_single_commands_fail(fakes: dict[str, str
     assert "branch" in ev and "skipped" not in ev["branch"]
     assert "needs a judge" in ev["mt_bench"]["skipped"] and "--judge" in ev["mt_bench"]["skipped"]
     assert "--base" in ev["forgetting"]["skipped"] and "--base" in ev["general_knowledge"]["skipped"]
+    assert "--base" in ev["mmlu_branch"]["skipped"]
+    assert "base_closed" not in ev["open_book"] and ev["open_book"]["tuned_closed"] > 0.9
     assert "huggingface-cli download cais/mmlu" in ev["mmlu"]["skipped"]
     assert json.loads((out / "mt_bench.json").read_text()) == ev["mt_bench"]
     html = section(out)
-    assert html.count("skipped: ") == 4 and "Regressions" not in html
+    assert html.count("skipped: ") == 5 and "Regressions" not in html
 
     # With a judge but no MT-Bench data: skipped in `all`, an error on its own.
     plan = suite.EvalPlan(

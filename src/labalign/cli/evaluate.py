@@ -216,6 +216,38 @@ def general_knowledge_table(result: dict[str, Any]) -> Table:
     return table
 
 
+def mmlu_branch_table(result: dict[str, Any]) -> Table:
+    table = Table(title="MMLU-branch: multiple choice from the documents (log-likelihood; chance 0.25)")
+    for name in ("leaf", "n", "base", "tuned"):
+        table.add_column(name, justify="left" if name == "leaf" else "right", overflow="fold")
+    for leaf, v in result["leaves"].items():
+        table.add_row(Text(leaf, style="dim"), str(v["n"]), _fmt(v["base"]), _fmt(v["tuned"]))
+    table.add_row("all", str(result["n"]), _fmt(result["base"]), _fmt(result["tuned"]))
+    delta = {"mean": result["delta"], "significant": result["ci_low"] > 0 or result["ci_high"] < 0, **result}
+    table.caption = (
+        f"tuned - base {_delta_cell(delta).plain} ({result['gained']} gained, {result['lost']} lost)"
+    )
+    return table
+
+
+def open_book_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"closed book vs open book ({result['retriever']}; token F1)")
+    settings_shown = [n for n in ("base_closed", "tuned_closed", "base_open", "tuned_open") if n in result]
+    for name in ("leaf", "n", *(n.replace("_", " ") for n in settings_shown), "recall"):
+        table.add_column(name, justify="left" if name == "leaf" else "right", overflow="fold")
+    rows = [*result["leaves"].items(), ("all", result)]
+    for leaf, v in rows:
+        cells = [_fmt(v[n]) for n in settings_shown]
+        table.add_row(
+            Text(leaf, style="dim" if leaf != "all" else "bold"),
+            str(v["n"]),
+            *cells,
+            _fmt(v["retrieval_recall"], 2),
+        )
+    table.caption = "recall: share of questions whose answer's chunk was retrieved"
+    return table
+
+
 def results_table(results: dict[str, Any]) -> Table:
     table = Table(title="evaluation summary")
     table.add_column("evaluation")
@@ -240,12 +272,24 @@ def results_table(results: dict[str, Any]) -> Table:
                 f"perplexity {_fmt(summary['model']['perplexity'], 2)} vs base "
                 f"{_fmt(summary['base']['perplexity'], 2)} (x{summary['ratio']:.3f})",
             )
-        elif name == "general_knowledge":
+        elif name in ("general_knowledge", "mmlu_branch"):
             table.add_row(
                 name,
                 f"accuracy {_fmt(summary['tuned'])} vs base {_fmt(summary['base'])} "
                 f"({summary['delta']:+.3f} [{summary['ci_low']:+.3f}, {summary['ci_high']:+.3f}])",
             )
+        elif name == "open_book":
+            parts = [
+                f"{label} {_fmt(summary[key])}"
+                for key, label in (
+                    ("base_closed", "base closed-book"),
+                    ("tuned_closed", "tuned closed-book"),
+                    ("base_open", "base open-book"),
+                    ("tuned_open", "tuned open-book"),
+                )
+                if key in summary
+            ]
+            table.add_row(name, "token F1: " + ", ".join(parts))
         elif name == "mmlu":
             text = f"accuracy {_fmt(summary['model'])}"
             if "base" in summary:
@@ -448,6 +492,81 @@ def general_knowledge_command(
     with _progress() as on_progress:
         result = suite.run_general_knowledge(plan, s, on_progress=on_progress)
     _emit(result, fmt, general_knowledge_table)
+
+
+@app.command("mmlu-branch")
+def mmlu_branch_command(
+    ctx: typer.Context,
+    model: Model,
+    base: Annotated[str, typer.Option("--base", help="The model before tuning.")],
+    taxonomy: TaxonomyArg = None,
+    alias: TaxonomyAlias = None,
+    items: Annotated[int, typer.Option("--items", min=1, help="At most this many items per leaf.")] = 200,
+    batch_size: BatchSize = 8,
+    out: Out = DEFAULT_OUT,
+    fmt: Fmt = OutputFormat.text,
+) -> None:
+    """MMLU-branch: did the knowledge documents get into the weights? Four-option items built from each
+    knowledge leaf's documents (a sentence's year, number or name, against three of the same kind from
+    elsewhere in them), scored for base and tuned by the log-likelihood of the options.
+
+    Writes mmlu_branch.json (every item, both picks) to --out. Example: labalign evaluate mmlu-branch
+    examples/taxonomy --model runs/x/train/final --base default
+    """
+    s = settings(ctx)
+    plan = _plan(
+        s,
+        model=model,
+        base=base,
+        taxonomy=pick_taxonomy(taxonomy, alias),
+        mmlu_branch_items=items,
+        batch_size=batch_size,
+        out=out,
+        evals=("mmlu-branch",),
+    )
+    with _progress() as on_progress:
+        result = suite.run_mmlu_branch(plan, s, on_progress=on_progress)
+    _emit(result, fmt, mmlu_branch_table)
+
+
+@app.command("open-book")
+def open_book_command(
+    ctx: typer.Context,
+    model: Model,
+    taxonomy: TaxonomyArg = None,
+    alias: TaxonomyAlias = None,
+    base: Base = None,
+    heldout: Heldout = None,
+    data: Data = None,
+    seeds: Seeds = True,
+    k: Annotated[int, typer.Option("--k", min=1, help="Chunks retrieved into the prompt.")] = 2,
+    max_tokens: MaxTokens = 256,
+    out: Out = DEFAULT_OUT,
+    fmt: Fmt = OutputFormat.text,
+) -> None:
+    """Fine-tune or retrieve? Each held-out knowledge question answered closed-book and with its leaf's
+    best-matching document chunks in the prompt (BM25), by the tuned model and the base.
+
+    Writes open_book.json (every answer, the chunks retrieved) to --out. Example: labalign evaluate
+    open-book examples/taxonomy --model runs/x/train/final --base default --no-seeds
+    """
+    s = settings(ctx)
+    plan = _plan(
+        s,
+        model=model,
+        base=base,
+        taxonomy=pick_taxonomy(taxonomy, alias),
+        heldout=heldout,
+        data=data,
+        seeds=seeds,
+        open_book_k=k,
+        max_tokens=max_tokens,
+        out=out,
+        evals=("open-book",),
+    )
+    with _progress() as on_progress:
+        result = suite.run_open_book(plan, s, on_progress=on_progress)
+    _emit(result, fmt, open_book_table)
 
 
 @app.command("all")

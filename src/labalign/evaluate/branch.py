@@ -35,7 +35,7 @@ class Scored:
         return sum(1 for j in self.judge if j is None)
 
 
-async def _ask(
+async def ask(
     backend: Backend,
     prompts: Sequence[str],
     max_tokens: int,
@@ -75,7 +75,7 @@ async def score_model(
     on_progress: ProgressCallback | None = None,
     label: str = "model",
 ) -> Scored:
-    answers, errors = await _ask(
+    answers, errors = await ask(
         backend,
         [q.prompt() for q in questions],
         max_tokens,
@@ -92,7 +92,7 @@ async def score_model(
     )
     if judge is not None:
         prompts = [judge_prompt(q.prompt(), q.reference, a) for q, a in zip(questions, answers, strict=True)]
-        verdicts, _ = await _ask(judge, prompts, 512, "", on_progress, f"{label}: judging")
+        verdicts, _ = await ask(judge, prompts, 512, "", on_progress, f"{label}: judging")
         scored.judge = [parse_rating(v) for v in verdicts]
     return scored
 

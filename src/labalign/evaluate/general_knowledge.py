@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from labalign.errors import LabalignError
+from labalign.evaluate.loglik import pick_per_byte, score_continuations
 from labalign.evaluate.stats import paired_delta
 from labalign.jsonl import iter_jsonl
 
@@ -49,11 +50,8 @@ class Scores:
 
     def picks(self, questions: Sequence[Question]) -> list[int]:
         """The chosen option per question: highest log-likelihood per byte of the option's text."""
-        out = []
-        for q, lls in zip(questions, self.loglik, strict=True):
-            norm = [ll / max(1, len((" " + c).encode())) for ll, c in zip(lls, q.choices, strict=True)]
-            out.append(max(range(len(norm)), key=norm.__getitem__))
-        return out
+        pairs = zip(questions, self.loglik, strict=True)
+        return [pick_per_byte(lls, [" " + c for c in q.choices]) for q, lls in pairs]
 
     def correct(self, questions: Sequence[Question]) -> list[float]:
         return [float(p == q.answer) for p, q in zip(self.picks(questions), questions, strict=True)]
@@ -103,43 +101,10 @@ def score(
     label: str = "model",
 ) -> Scores:
     """Log-likelihood of each option given its question, in-process and batched (right padding)."""
-    import torch
-
-    from labalign.evaluate.forgetting import load_scoring_model, right_padded_hidden
-    from labalign.train.loss import _logits
-
-    model, tokenizer, spec, identity = load_scoring_model(model_dir)
-    device = spec.weight.device
-    rows: list[tuple[int, int, list[int], int]] = []  # (question, option, ids, where the option starts)
-    for qi, q in enumerate(questions):
-        context = list(tokenizer(PROMPT.format(question=q.question), add_special_tokens=True)["input_ids"])
-        for ci, choice in enumerate(q.choices):
-            option = list(tokenizer(" " + choice.strip(), add_special_tokens=False)["input_ids"])
-            rows.append((qi, ci, context + option, len(context)))
-    loglik = [[0.0] * len(q.choices) for q in questions]
-    order = sorted(range(len(rows)), key=lambda r: -len(rows[r][2]))  # longest first: little padding
-    phase = f"{label}: general knowledge"
-    decoder = model.get_decoder()
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            batch = [rows[r] for r in order[start : start + batch_size]]
-            _, hidden = right_padded_hidden(decoder, [seq for _, _, seq, _ in batch], device)
-            # Only the positions that predict an option's tokens go through the head, all of the batch's
-            # in one matmul (a few tokens per option: a chunk per option would pad each to 64 rows).
-            where = [
-                (j, p) for j, (_, _, seq, begin) in enumerate(batch) for p in range(begin - 1, len(seq) - 1)
-            ]
-            index = torch.tensor(where, dtype=torch.long, device=device)
-            logits, _ = _logits(hidden[index[:, 0], index[:, 1]], spec.weight, spec)
-            follow = torch.tensor([batch[j][2][p + 1] for j, p in where], device=device)
-            token_ll = torch.log_softmax(logits.float(), -1).gather(1, follow[:, None]).squeeze(1)
-            sums = torch.zeros(len(batch), dtype=torch.float64, device=device)
-            sums.index_add_(0, index[:, 0], token_ll.double())
-            for j, (qi, ci, _, _) in enumerate(batch):
-                loglik[qi][ci] = float(sums[j])
-            if on_progress is not None:
-                on_progress(phase, min(start + batch_size, len(order)), len(order))
-    del model
+    items = [(PROMPT.format(question=q.question), [" " + c.strip() for c in q.choices]) for q in questions]
+    identity, loglik = score_continuations(
+        model_dir, items, batch_size=batch_size, on_progress=on_progress, phase=f"{label}: general knowledge"
+    )
     return Scores(identity, loglik)
 
 

@@ -23,7 +23,10 @@ EVALS: tuple[tuple[str, str], ...] = (
     ("mmlu", "MMLU (lm-evaluation-harness)"),
     ("forgetting", "Forgetting check (perplexity on general text)"),
     ("general_knowledge", "General knowledge kept (multiple choice, log-likelihood)"),
+    ("mmlu_branch", "MMLU-branch: the documents' facts (multiple choice, log-likelihood)"),
+    ("open_book", "Fine-tune or retrieve? Closed book vs open book"),
 )
+LISTED = 8  # facts shown per list (learned, still missed)
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -246,12 +249,90 @@ def _general_knowledge(data: dict[str, Any], eval_dir: Path) -> str:
     return "".join(parts)
 
 
+def _filled(item: dict[str, Any], pick: int) -> str:
+    """An item's sentence with option `pick` in its gap (the option marked), escaped."""
+    before = str(item["context"]).rsplit("\n", 1)[-1]
+    return f"{escape(before)} <mark>{escape(str(item['choices'][pick]))}</mark>{escape(str(item['suffix']))}"
+
+
+def _mmlu_branch(data: dict[str, Any], eval_dir: Path) -> str:
+    rows = [
+        [_td(leaf), _td(str(v["n"])), _cell(v["base"]), _cell(v["tuned"]), _delta({"mean": v["delta"], **v})]
+        for leaf, v in data["leaves"].items()
+    ]
+    overall = {"mean": data["delta"], "significant": data["ci_low"] > 0 or data["ci_high"] < 0, **data}
+    rows.append([_td("all"), _td(str(data["n"])), _cell(data["base"]), _cell(data["tuned"]), _delta(overall)])
+    items = data.get("items", [])
+    learned = [i for i in items if i["tuned_pick"] == i["answer"] != i["base_pick"]]
+    missed = [i for i in items if i["tuned_pick"] != i["answer"]]
+    parts = [
+        _models(data.get("specs") or data.get("models", {})),
+        f"<p>One document sentence per item with a fact (a year, number, count or name) to complete, against "
+        f"three of the same kind from elsewhere in the documents; {escape(str(data['metric']))}; chance "
+        f"{data['chance']:.2f}.</p>",
+        _table(["leaf", "items", "base accuracy", "tuned accuracy", "tuned - base [95% CI]"], rows),
+        f"<p>{len(learned)} facts the tuned model completes and the base did not; {len(missed)} it still "
+        "gets wrong.</p>",
+    ]
+    if learned:
+        lis = "".join(f"<li>{_filled(i, i['answer'])}</li>" for i in learned[:LISTED])
+        parts.append(f"<p><strong>Learned</strong> (first {min(LISTED, len(learned))}):</p><ul>{lis}</ul>")
+    if missed:
+        lis = "".join(
+            f"<li>{_filled(i, i['answer'])} (picked: {escape(str(i['choices'][i['tuned_pick']]))})</li>"
+            for i in missed[:LISTED]
+        )
+        parts.append(f"<p><strong>Still wrong</strong> (first {min(LISTED, len(missed))}):</p><ul>{lis}</ul>")
+    return "".join(parts)
+
+
+_OPEN_BOOK = (
+    ("base_closed", "base closed book"),
+    ("tuned_closed", "tuned closed book"),
+    ("base_open", "base open book"),
+    ("tuned_open", "tuned open book"),
+)
+
+
+def _open_book(data: dict[str, Any], eval_dir: Path) -> str:
+    shown = [(key, label) for key, label in _OPEN_BOOK if key in data]
+    rows = [
+        [_td(leaf), _td(str(v["n"])), *(_cell(v[key]) for key, _ in shown), _cell(v["retrieval_recall"], 2)]
+        for leaf, v in [*data["leaves"].items(), ("all", data)]
+    ]
+    parts = [
+        _models(data.get("specs") or data.get("models", {})),
+        f"<p>Held-out knowledge questions (token F1), answered without the documents and with the "
+        f"{int(data['k'])} best-matching chunks of the leaf's documents in the prompt "
+        f"({escape(str(data['retriever']))}). Recall: the share of questions whose answer's chunk was "
+        "among those retrieved.</p>",
+        _table(["leaf", "n", *(label for _, label in shown), "recall"], rows),
+        _img(eval_dir / "open_book.png", "token F1, closed book vs open book"),
+    ]
+    questions = data.get("questions", [])
+    if questions and "base_closed" in questions[0]:
+        gain = sorted(questions, key=lambda q: q["base_closed"]["f1"] - q["tuned_closed"]["f1"])
+        learned = [q for q in gain if q["tuned_closed"]["f1"] - q["base_closed"]["f1"] >= 0.3][:LISTED]
+        wrong = [q for q in questions if q["tuned_closed"]["f1"] < 0.3][:LISTED]
+        for title, chosen in (("Now answered (closed book)", learned), ("Still wrong (closed book)", wrong)):
+            if chosen:
+                lis = "".join(
+                    f"<li>{escape(q['question'])}<br>tuned: {escape(q['tuned_closed']['answer'][:200])}"
+                    f"<br>reference: {escape(q['reference'])}</li>"
+                    for q in chosen
+                )
+                parts.append(f"<p><strong>{escape(title)}</strong>:</p><ul>{lis}</ul>")
+    return "".join(parts)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any], Path], str]] = {
     "branch": _branch,
     "mt_bench": _mt_bench,
     "mmlu": _mmlu,
     "forgetting": _forgetting,
     "general_knowledge": _general_knowledge,
+    "mmlu_branch": _mmlu_branch,
+    "open_book": _open_book,
 }
 
 

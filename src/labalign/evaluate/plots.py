@@ -129,3 +129,33 @@ def mmlu_chart(result: dict[str, Any], path: Path) -> Path:
     ax.set_xlim(0, 1)
     ax.legend(loc="lower right")
     return _save(fig, path)
+
+
+def open_book_chart(result: dict[str, Any], path: Path) -> Path:
+    """Token F1 on the held-out knowledge questions: closed book and open book, base and tuned, the
+    "fine-tune or retrieve?" picture in one panel."""
+    settings = [
+        (key, label)
+        for key, label in (
+            ("base_closed", "base, closed book"),
+            ("tuned_closed", "tuned, closed book"),
+            ("base_open", "base, open book (retrieval)"),
+            ("tuned_open", "tuned, open book"),
+        )
+        if result.get(key) is not None
+    ]
+    fig, ax = plt.subplots(figsize=(6.5, 0.55 * len(settings) + 1.6))
+    colors = [TUNED_COLOR if key.startswith("tuned") else BASE_COLOR for key, _ in settings]
+    hatches = ["//" if key.endswith("open") else "" for key, _ in settings]
+    values = [float(result[key]) for key, _ in settings]
+    bars = ax.barh(range(len(settings)), values, color=colors, height=0.6)
+    for bar, hatch, value in zip(bars, hatches, values, strict=True):
+        bar.set_hatch(hatch)
+        ax.text(value + 0.005, bar.get_y() + bar.get_height() / 2, f"{value:.3f}", va="center", fontsize=9)
+    ax.set_yticks(range(len(settings)), [label for _, label in settings])
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(1e-3, *values) * 1.2)
+    ax.set_xlabel(f"token F1, {result['n']} held-out knowledge questions")
+    ax.set_title(f"closed book vs open book ({result['retriever']})")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)

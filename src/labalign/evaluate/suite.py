@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from labalign.config import Settings
 from labalign.errors import LabalignError
-from labalign.evaluate import branch, forgetting, general_knowledge, mt_bench
+from labalign.evaluate import branch, forgetting, general_knowledge, mmlu_branch, mt_bench, open_book
 from labalign.evaluate.models import open_model
 from labalign.evaluate.questions import default_heldout_dir, gather
 from labalign.evaluate.unavailable import EvalUnavailable
@@ -33,9 +33,10 @@ from labalign.llm.types import Backend
 from labalign.redact import redact_data
 
 ProgressCallback = Callable[[str, int, int], None]  # (phase, done, total)
-EVALS = ("branch", "forgetting", "general-knowledge", "mt-bench", "mmlu")
-# Run order for `all`: MT-Bench before forgetting, which reports the MT-Bench delta next to perplexity.
-ORDER = ("branch", "mt-bench", "forgetting", "general-knowledge", "mmlu")
+EVALS = ("branch", "forgetting", "general-knowledge", "mmlu-branch", "open-book", "mt-bench", "mmlu")
+# Run order for `all`: MT-Bench before forgetting, which reports the MT-Bench delta next to perplexity;
+# open-book after branch, whose closed-book answers it reads back from the request cache.
+ORDER = ("branch", "mt-bench", "forgetting", "general-knowledge", "mmlu-branch", "open-book", "mmlu")
 
 
 def file_stem(name: str) -> str:
@@ -66,6 +67,8 @@ class EvalPlan:
     mmlu_num_fewshot: int | None = None  # None: the task's default (MMLU: 0)
     mmlu_tokenizer: Path | None = None  # URL models: a local copy of the server model's tokenizer
     batch_size: int = 8  # in-process scoring (perplexity, lm-eval)
+    mmlu_branch_items: int = mmlu_branch.DEFAULT_MAX_ITEMS  # per knowledge leaf
+    open_book_k: int = open_book.DEFAULT_K  # chunks retrieved into the prompt
 
     def __post_init__(self) -> None:
         unknown = [e for e in self.evals if e not in EVALS]
@@ -293,6 +296,109 @@ def run_general_knowledge(
     return result
 
 
+# -- knowledge: MMLU-branch and the open-book ceiling ----------------------------------------------
+
+
+def _knowledge_chunks(plan: EvalPlan, settings: Settings) -> dict[str, list[Any]]:
+    """Each knowledge leaf's document chunks, resolved and chunked as generation does (same settings,
+    same chunks); EvalUnavailable when the taxonomy has no knowledge leaf with documents."""
+    from labalign.sdg.driver import leaf_inputs
+    from labalign.taxonomy import ValidationOptions, load_leaves
+
+    leaves = load_leaves([plan.taxonomy], ValidationOptions.from_settings(settings, check_documents=False))
+    with_docs = [leaf for leaf in leaves if leaf.document is not None]
+    if not with_docs:
+        raise EvalUnavailable(
+            "the taxonomy has no knowledge leaf with documents", hint="nothing to ask about"
+        )
+    return {job.leaf.name: list(job.chunks) for job in leaf_inputs(with_docs, settings)}
+
+
+def run_mmlu_branch(
+    plan: EvalPlan, settings: Settings, *, on_progress: ProgressCallback | None = None
+) -> dict[str, Any]:
+    """Multiple-choice items from each knowledge leaf's documents, base and tuned scored by the
+    log-likelihood of the options (labalign.evaluate.mmlu_branch). Writes mmlu_branch.json."""
+    from labalign.evaluate.loglik import score_continuations
+    from labalign.evaluate.models import weights_dir
+
+    model, base_spec = _weights_pair(plan, "MMLU-branch")
+    items = [
+        item
+        for leaf, chunks in _knowledge_chunks(plan, settings).items()
+        for item in mmlu_branch.build_items(
+            leaf, chunks, seed=settings.sdg.seed, max_items=plan.mmlu_branch_items
+        )
+    ]
+    if not items:
+        raise EvalUnavailable(
+            "the knowledge documents gave no multiple-choice item",
+            hint="items need sentences with a year, number or name that occurs in other kinds elsewhere",
+        )
+    rows = [(item.context, item.continuations()) for item in items]
+    scored = {
+        label: score_continuations(
+            weights_dir(spec, settings.cache_dir),
+            rows,
+            batch_size=2 * plan.batch_size,
+            on_progress=on_progress,
+            phase=f"{label}: MMLU-branch",
+        )
+        for label, spec in (("tuned", model), ("base", base_spec))
+    }
+    result = mmlu_branch.compare(items, scored["tuned"], scored["base"])
+    result["specs"] = {"model": plan.model, "base": plan.base}
+    _write_json(plan.out / "mmlu_branch.json", result)
+    return result
+
+
+def run_open_book(
+    plan: EvalPlan, settings: Settings, *, on_progress: ProgressCallback | None = None
+) -> dict[str, Any]:
+    """Each held-out knowledge question closed-book and with its leaf's top BM25 chunks in the prompt,
+    for the tuned model and (with a base) the base. Writes open_book.json."""
+    from labalign.taxonomy import ValidationOptions, load_leaves
+
+    chunks = _knowledge_chunks(plan, settings)
+    leaves = load_leaves([plan.taxonomy], ValidationOptions.from_settings(settings, check_documents=False))
+    questions = gather(
+        [leaf for leaf in leaves if leaf.name in chunks],
+        heldout_dir=plan.heldout or default_heldout_dir(plan.taxonomy),
+        generated=plan.data,
+        include_seeds=plan.seeds,
+    )
+    retrieved = open_book.retrieve(questions, chunks, k=plan.open_book_k)
+    if not retrieved:
+        raise EvalUnavailable("no held-out knowledge questions", hint="give --heldout or --data")
+    cache = plan.request_cache(settings)
+
+    async def go() -> dict[str, Sequence[str]]:
+        sides = [("tuned", open_model(plan.model, settings, cache))]
+        if plan.base:
+            sides.append(("base", open_model(plan.base, settings, cache)))
+        answers: dict[str, Sequence[str]] = {}
+        try:
+            for label, backend in sides:
+                for mode, prompts in (
+                    ("closed", [r.question.prompt() for r in retrieved]),
+                    ("open", [r.prompt() for r in retrieved]),
+                ):
+                    answers[f"{label}_{mode}"], _ = await branch.ask(
+                        backend, prompts, plan.max_tokens, "", on_progress, f"{label}: {mode}-book"
+                    )
+            return answers
+        finally:
+            await _close(*(backend for _, backend in sides))
+
+    from labalign.evaluate.plots import open_book_chart
+
+    result = open_book.report(retrieved, asyncio.run(go()), k=plan.open_book_k)
+    result["specs"] = {"model": plan.model, "base": plan.base}
+    _write_json(plan.out / "open_book.json", result)
+    open_book_chart(result, plan.out / "open_book.png")
+    return result
+
+
 # -- MMLU ------------------------------------------------------------------------------------------
 
 
@@ -406,6 +512,27 @@ def summarize(name: str, result: dict[str, Any]) -> dict[str, Any]:
     if name == "general_knowledge":
         kept: tuple[str, ...] = ("models", "n", "base", "tuned", "delta", "ci_low", "ci_high", "regression")
         return {k: result[k] for k in (*kept, "metric") if k in result}
+    if name == "mmlu_branch":
+        keep_mb = (
+            "models",
+            "n",
+            "base",
+            "tuned",
+            "delta",
+            "ci_low",
+            "ci_high",
+            "significant",
+            "chance",
+            "metric",
+        )
+        return {k: result[k] for k in keep_mb if k in result} | {
+            "leaves": {
+                leaf: {k: v[k] for k in ("n", "base", "tuned", "delta")}
+                for leaf, v in result["leaves"].items()
+            }
+        }
+    if name == "open_book":
+        return {k: v for k, v in result.items() if k not in ("questions", "specs")}
     if name == "mmlu":
         mm: dict[str, Any] = {
             "models": result["models"],
@@ -429,6 +556,8 @@ def evaluate_all(
         "mt-bench": run_mt_bench,
         "forgetting": run_forgetting,
         "general-knowledge": run_general_knowledge,
+        "mmlu-branch": run_mmlu_branch,
+        "open-book": run_open_book,
         "mmlu": run_mmlu,
     }
     full: dict[str, dict[str, Any]] = {}

@@ -14,7 +14,8 @@ from typing import Any
 
 from labalign.errors import LabalignError
 
-EVALUATIONS = ("branch", "forgetting", "general-knowledge", "mt-bench", "mmlu")
+EVALUATIONS = ("branch", "forgetting", "general-knowledge", "mmlu-branch", "open-book", "mt-bench", "mmlu")
+KNOWLEDGE_EVALS = ("branch", "forgetting", "general-knowledge", "mmlu-branch", "open-book")
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class Profile:
     name: str
     summary: str
     settings: dict[str, Any] = field(default_factory=dict)  # dotted keys, as in `labalign config`
-    evals: tuple[str, ...] = ("branch", "forgetting", "general-knowledge")
+    evals: tuple[str, ...] = KNOWLEDGE_EVALS
     eval_max_tokens: int = 256
     eval_seeds: bool = True  # also ask each leaf's seed questions (InstructLab's MT-Bench-branch does)
 
@@ -91,7 +92,7 @@ PROFILES: dict[str, Profile] = {
                 # train/final.gguf for llama.cpp / Ollama: 17 s for q8_0 (290 MB) on 2 cores.
                 "train.export_gguf": "q8_0",
             },
-            evals=("branch", "forgetting", "general-knowledge"),
+            evals=KNOWLEDGE_EVALS,
             eval_max_tokens=96,
             eval_seeds=False,
         ),
@@ -115,7 +116,7 @@ PROFILES: dict[str, Profile] = {
                 "train.replay_ce": False,
                 "train.kl_weight": 1.0,
             },
-            evals=("branch", "forgetting", "general-knowledge", "mt-bench"),
+            evals=(*KNOWLEDGE_EVALS, "mt-bench"),
         ),
         Profile(
             name="full",
