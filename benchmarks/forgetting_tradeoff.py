@@ -47,6 +47,19 @@ METHODS: dict[str, dict[str, str]] = {
 }
 
 
+def named_settings(
+    base: dict[str, dict[str, str]], sets: list[str], strip: str = ""
+) -> dict[str, dict[str, str]]:
+    """`base` with each --set NAME:KEY=VALUE added (a new NAME starts empty; `strip` leaves a key prefix
+    off)."""
+    out = {k: dict(v) for k, v in base.items()}
+    for item in sets:
+        name, _, assignment = item.partition(":")
+        key, _, value = assignment.partition("=")
+        out.setdefault(name, {})[key.removeprefix(strip)] = value
+    return out
+
+
 def _prepare(data_run: Path, out: Path) -> None:
     """A copy of the finished run without its training and evaluation (the data and manifest stay)."""
     if out.exists():
@@ -174,11 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interpolations", default="", help="e.g. 1,0.75: also score merged weights")
     parser.add_argument("--existing", action="store_true", help="tabulate runs already in --out")
     args = parser.parse_args(argv)
-    methods = {k: dict(v) for k, v in METHODS.items()}
-    for item in args.set:
-        name, _, assignment = item.partition(":")
-        key, _, value = assignment.partition("=")
-        methods.setdefault(name, {})[key.removeprefix("train.")] = value
+    methods = named_settings(METHODS, args.set, strip="train.")
     rows = []
     for name in args.methods.split(","):
         run = args.out / name

@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from forgetting_tradeoff import ROOT, _ci, _gain, _prepare
+from forgetting_tradeoff import ROOT, _ci, _gain, _prepare, named_settings
 
 MIXES: dict[str, dict[str, str]] = {
     "facts": {},
@@ -85,11 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold", action="store_true", help="no request cache: every teacher call anew")
     parser.add_argument("--existing", action="store_true", help="tabulate runs already in --out")
     args = parser.parse_args(argv)
-    mixes = {k: dict(v) for k, v in MIXES.items()}
-    for item in args.set:
-        name, _, assignment = item.partition(":")
-        key, _, value = assignment.partition("=")
-        mixes.setdefault(name, {})[key] = value
+    mixes = named_settings(MIXES, args.set)
     rows = []
     for name in args.mixes.split(","):
         run = args.out / name
