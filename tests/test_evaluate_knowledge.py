@@ -115,8 +115,8 @@ def question(text: str, reference: str, leaf: str = "knowledge/x") -> EvalQuesti
 
 def test_retrieval_finds_the_chunk_with_the_answer() -> None:
     retriever = open_book.Retriever(CHUNKS)
-    assert retriever.top("Who kept the lighthouse on Gullet Head?", 1)[0].index == 2
-    assert retriever.top("When did the railway to Lintwick open?", 2)[0].index == 3
+    assert retriever.top("Who kept the lighthouse on Gullet Head?", 1)[0].chunk.index == 2
+    assert retriever.top("When did the railway to Lintwick open?", 2)[0].chunk.index == 3
     assert len(retriever.top("what is it?", 2)) == 2  # stopwords only: still k chunks
     found = open_book.retrieve(
         [
@@ -134,6 +134,17 @@ def test_retrieval_finds_the_chunk_with_the_answer() -> None:
     )
 
 
+def test_passages_are_the_prose_paragraphs() -> None:
+    text = "# Title\n\nFirst paragraph about the harbour.\n\n| a | b |\n\nSecond one, about the mill."
+    found = open_book.passages([chunk(0, text), chunk(1, "| only | a table |")])
+    assert [p.text for p in found] == [
+        "First paragraph about the harbour.",
+        "Second one, about the mill.",
+        "| only | a table |",
+    ]
+    assert [p.where for p in found] == ["doc.md:1-2#1", "doc.md:1-2#2", "doc.md:4-5#1"]
+
+
 def test_report_sets_every_setting_side_by_side() -> None:
     found = open_book.retrieve(
         [question("Who kept the lighthouse on Gullet Head?", "Jonas Pellow kept the lighthouse.")],
@@ -149,4 +160,4 @@ def test_report_sets_every_setting_side_by_side() -> None:
     assert result["f1"] == result["base_open"] == 1.0 and result["base_closed"] == 0.0
     assert 0 < result["tuned_closed"] < 1 and result["retrieval_recall"] == 1.0
     assert result["leaves"]["knowledge/x"]["n"] == 1
-    assert result["questions"][0]["chunks"][0] == "doc.md:7-8"
+    assert result["questions"][0]["passages"][0] == "doc.md:7-8#1"

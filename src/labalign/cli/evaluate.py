@@ -244,7 +244,7 @@ def open_book_table(result: dict[str, Any]) -> Table:
             *cells,
             _fmt(v["retrieval_recall"], 2),
         )
-    table.caption = "recall: share of questions whose answer's chunk was retrieved"
+    table.caption = "recall: share of questions whose answer's paragraph was retrieved"
     return table
 
 
@@ -539,15 +539,15 @@ def open_book_command(
     heldout: Heldout = None,
     data: Data = None,
     seeds: Seeds = True,
-    k: Annotated[int, typer.Option("--k", min=1, help="Chunks retrieved into the prompt.")] = 2,
+    k: Annotated[int, typer.Option("--k", min=1, help="Paragraphs retrieved into the prompt.")] = 3,
     max_tokens: MaxTokens = 256,
     out: Out = DEFAULT_OUT,
     fmt: Fmt = OutputFormat.text,
 ) -> None:
     """Fine-tune or retrieve? Each held-out knowledge question answered closed-book and with its leaf's
-    best-matching document chunks in the prompt (BM25), by the tuned model and the base.
+    best-matching document paragraphs in the prompt (BM25), by the tuned model and the base.
 
-    Writes open_book.json (every answer, the chunks retrieved) to --out. Example: labalign evaluate
+    Writes open_book.json (every answer, the paragraphs retrieved) to --out. Example: labalign evaluate
     open-book examples/taxonomy --model runs/x/train/final --base default --no-seeds
     """
     s = settings(ctx)

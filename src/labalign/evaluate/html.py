@@ -303,8 +303,8 @@ def _open_book(data: dict[str, Any], eval_dir: Path) -> str:
     parts = [
         _models(data.get("specs") or data.get("models", {})),
         f"<p>Held-out knowledge questions (token F1), answered without the documents and with the "
-        f"{int(data['k'])} best-matching chunks of the leaf's documents in the prompt "
-        f"({escape(str(data['retriever']))}). Recall: the share of questions whose answer's chunk was "
+        f"{int(data['k'])} best-matching paragraphs of the leaf's documents in the prompt "
+        f"({escape(str(data['retriever']))}). Recall: the share of questions whose answer's paragraph was "
         "among those retrieved.</p>",
         _table(["leaf", "n", *(label for _, label in shown), "recall"], rows),
         _img(eval_dir / "open_book.png", "token F1, closed book vs open book"),

@@ -1,9 +1,9 @@
-"""The open-book ceiling: each held-out knowledge question answered with the best-matching chunks of
-its leaf's documents in the prompt (BM25 retrieval, bm25s), beside the same question answered
+"""The open-book ceiling: each held-out knowledge question answered with the best-matching paragraphs
+of its leaf's documents in the prompt (BM25 retrieval, bm25s), beside the same question answered
 closed-book. It answers the user's first question, "fine-tune or retrieve?": base open-book is what
 retrieval alone gives, tuned closed-book what tuning alone gives, tuned open-book both.
 
-The prompt is the grounded skill's shape (chunks, a blank line, the question), the shape labalign
+The prompt is the grounded skill's shape (passages, a blank line, the question), the shape labalign
 trains grounded answers in, so a student that learned that skill reads the chunks as it was taught.
 """
 
@@ -17,61 +17,84 @@ from labalign.documents import Chunk
 from labalign.evaluate.questions import GROUNDED_PROMPT, EvalQuestion
 from labalign.textmetrics import token_f1
 
-DEFAULT_K = 2  # chunks in the prompt: two of labalign's 500-token chunks fit a 2k context with the answer
+# Passages (the documents' paragraphs) rather than whole 500-token chunks: the prompt stays short, which
+# matters on a CPU (two chunks per question took about 6 minutes per model for the example's 100
+# questions on 2 cores), and a small reader is not asked to find one sentence in a thousand tokens.
+DEFAULT_K = 3
+
+
+@dataclass(frozen=True)
+class Passage:
+    chunk: Chunk
+    number: int  # 1-based, within the chunk
+    text: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.chunk.source}:{self.chunk.start_line}-{self.chunk.end_line}#{self.number}"
+
+
+def passages(chunks: Sequence[Chunk]) -> list[Passage]:
+    """Every prose paragraph of the chunks (headings, tables and code left out); a chunk without prose
+    is one passage."""
+    from labalign.sdg.facts import paragraphs
+
+    out: list[Passage] = []
+    for chunk in chunks:
+        found = paragraphs(chunk.text) or [chunk.text.strip()]
+        out += [Passage(chunk, j + 1, text) for j, text in enumerate(found) if text.strip()]
+    return out
 
 
 class Retriever:
-    """BM25 over one leaf's chunks (English stopwords removed, no stemming)."""
+    """BM25 over one leaf's passages, each indexed with its section headings (English stopwords removed,
+    no stemming)."""
 
     def __init__(self, chunks: Sequence[Chunk]) -> None:
         import bm25s
 
-        if not chunks:
-            raise ValueError("no chunks to retrieve from")
-        self.chunks = list(chunks)
+        self.passages = passages(chunks)
+        if not self.passages:
+            raise ValueError("no text to retrieve from")
         self._index = bm25s.BM25()
-        corpus = bm25s.tokenize([c.text for c in self.chunks], stopwords="en", show_progress=False)
-        self._index.index(corpus, show_progress=False)
+        texts = [" ".join([*p.chunk.heading_path, p.text]) for p in self.passages]
+        self._index.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
 
-    def top(self, query: str, k: int = DEFAULT_K) -> list[Chunk]:
-        """The k chunks that best match the query, best first (document order among equal scores)."""
+    def top(self, query: str, k: int = DEFAULT_K) -> list[Passage]:
+        """The k passages that best match the query, best first."""
         import bm25s
 
         tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)
-        if not any(tokens):  # only stopwords: nothing to match, so the document's first chunks
-            return self.chunks[:k]
-        found, _ = self._index.retrieve(tokens, k=min(k, len(self.chunks)), show_progress=False)
-        return [self.chunks[int(i)] for i in found[0]]
+        if not any(tokens):  # only stopwords: nothing to match, so the document's first passages
+            return self.passages[:k]
+        found, _ = self._index.retrieve(tokens, k=min(k, len(self.passages)), show_progress=False)
+        return [self.passages[int(i)] for i in found[0]]
+
+    def holding(self, reference: str) -> Passage:
+        """The passage with the sentence that matches the reference answer best (token F1)."""
+        from labalign.sdg.facts import sentences
+
+        def best(p: Passage) -> float:
+            return max(token_f1(s, reference) for s in sentences(p.text) or [p.text])
+
+        return max(self.passages, key=best)
 
 
 @dataclass(frozen=True)
 class Retrieved:
     question: EvalQuestion
-    chunks: tuple[Chunk, ...]
-    recall: bool  # the chunk holding the reference's best-matching sentence is among them
+    passages: tuple[Passage, ...]
+    recall: bool  # the passage holding the reference's best-matching sentence is among them
 
     def prompt(self) -> str:
-        context = "\n\n".join(c.text.strip() for c in self.chunks)
+        context = "\n\n".join(p.text.strip() for p in self.passages)
         return GROUNDED_PROMPT.format(context=context, question=self.question.question.strip())
-
-
-def _answer_chunk(reference: str, chunks: Sequence[Chunk]) -> int:
-    """The index of the chunk whose text matches the reference answer best (token F1 per sentence)."""
-    from labalign.sdg.facts import sentences
-
-    best, best_score = 0, -1.0
-    for i, chunk in enumerate(chunks):
-        for sentence in sentences(chunk.text) or [chunk.text]:
-            score = token_f1(sentence, reference)
-            if score > best_score:
-                best, best_score = i, score
-    return best
 
 
 def retrieve(
     questions: Sequence[EvalQuestion], chunks_by_leaf: Mapping[str, Sequence[Chunk]], *, k: int = DEFAULT_K
 ) -> list[Retrieved]:
-    """Each knowledge question with its leaf's top-k chunks (questions of leaves without documents are
+    """Each knowledge question with its leaf's top-k passages (questions of leaves without documents are
     left out)."""
     retrievers = {leaf: Retriever(chunks) for leaf, chunks in chunks_by_leaf.items() if chunks}
     out: list[Retrieved] = []
@@ -80,8 +103,7 @@ def retrieve(
         if retriever is None:
             continue
         top = retriever.top(q.question, k)
-        target = retriever.chunks[_answer_chunk(q.reference, retriever.chunks)]
-        out.append(Retrieved(q, tuple(top), any(c.index == target.index for c in top)))
+        out.append(Retrieved(q, tuple(top), retriever.holding(q.reference) in top))
     return out
 
 
@@ -106,7 +128,7 @@ def report(
     leaves = sorted({r.question.leaf for r in retrieved})
     overall = summary(range(len(retrieved)))
     return {
-        "retriever": f"BM25 (bm25s), top {k} chunks",
+        "retriever": f"BM25 (bm25s), top {k} paragraphs",
         "k": k,
         "f1": overall.get("base_open"),
         **overall,
@@ -118,7 +140,7 @@ def report(
                 "leaf": r.question.leaf,
                 "question": r.question.question,
                 "reference": r.question.reference,
-                "chunks": [f"{c.source}:{c.start_line}-{c.end_line}" for c in r.chunks],
+                "passages": [p.where for p in r.passages],
                 "recall": r.recall,
                 **{name: {"answer": answers[name][i], "f1": f1[name][i]} for name in answers},
             }

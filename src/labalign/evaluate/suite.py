@@ -68,7 +68,7 @@ class EvalPlan:
     mmlu_tokenizer: Path | None = None  # URL models: a local copy of the server model's tokenizer
     batch_size: int = 8  # in-process scoring (perplexity, lm-eval)
     mmlu_branch_items: int = mmlu_branch.DEFAULT_MAX_ITEMS  # per knowledge leaf
-    open_book_k: int = open_book.DEFAULT_K  # chunks retrieved into the prompt
+    open_book_k: int = open_book.DEFAULT_K  # paragraphs retrieved into the prompt
 
     def __post_init__(self) -> None:
         unknown = [e for e in self.evals if e not in EVALS]
@@ -355,7 +355,7 @@ def run_mmlu_branch(
 def run_open_book(
     plan: EvalPlan, settings: Settings, *, on_progress: ProgressCallback | None = None
 ) -> dict[str, Any]:
-    """Each held-out knowledge question closed-book and with its leaf's top BM25 chunks in the prompt,
+    """Each held-out knowledge question closed-book and with its leaf's top BM25 paragraphs in the prompt,
     for the tuned model and (with a base) the base. Writes open_book.json."""
     from labalign.taxonomy import ValidationOptions, load_leaves
 
