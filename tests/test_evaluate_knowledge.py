@@ -161,3 +161,21 @@ def test_report_sets_every_setting_side_by_side() -> None:
     assert 0 < result["tuned_closed"] < 1 and result["retrieval_recall"] == 1.0
     assert result["leaves"]["knowledge/x"]["n"] == 1
     assert result["questions"][0]["passages"][0] == "doc.md:7-8#1"
+
+
+def test_continuation_scores_are_cached_per_model(tmp_path: Path) -> None:
+    import json
+
+    from labalign.evaluate.loglik import score_continuations_cached
+
+    model_dir = tiny_llama_dir(tmp_path / "m")
+    items = [("The harbour was built in", [" 1822.", " 1903."])]
+    first = score_continuations_cached(model_dir, items, tmp_path / "cache")
+    (cached,) = (tmp_path / "cache").glob("*.json")
+    data = json.loads(cached.read_text())
+    data["loglik"][0][0] = 123.0
+    cached.write_text(json.dumps(data))
+    again = score_continuations_cached(model_dir, items, tmp_path / "cache")
+    assert again[0] == first[0] and again[1] == [[123.0, first[1][0][1]]]
+    other = score_continuations_cached(model_dir, [("Other", [" text"])], tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2 and other[1][0][0] < 0

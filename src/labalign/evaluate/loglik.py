@@ -4,6 +4,8 @@ multiple-choice check (general knowledge, MMLU-branch), the way lm-evaluation-ha
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -58,6 +60,37 @@ def score_continuations(
             if on_progress is not None:
                 on_progress(phase, min(start + batch_size, len(order)), len(order))
     del model
+    return identity, loglik
+
+
+def score_continuations_cached(
+    model_dir: Path,
+    items: Sequence[tuple[str, Sequence[str]]],
+    cache_dir: Path | None,
+    *,
+    batch_size: int = 16,
+    on_progress: ProgressCallback | None = None,
+    phase: str = "scoring",
+) -> tuple[str, list[list[float]]]:
+    """`score_continuations`, remembered per (weights, items) in `cache_dir`: the base model's scores are
+    computed once per machine, as its perplexity and general knowledge are."""
+    from labalign.llm.hf import model_dir_identity
+
+    key = json.dumps({"model": model_dir_identity(model_dir), "items": items}, sort_keys=True)
+    path = cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json" if cache_dir else None
+    if path is not None and path.is_file():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if on_progress is not None:
+            on_progress(f"{phase} (cached)", 1, 1)
+        return data["identity"], data["loglik"]
+    identity, loglik = score_continuations(
+        model_dir, items, batch_size=batch_size, on_progress=on_progress, phase=phase
+    )
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"identity": identity, "loglik": loglik}), encoding="utf-8")
+        tmp.replace(path)
     return identity, loglik
 
 

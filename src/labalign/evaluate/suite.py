@@ -319,7 +319,7 @@ def run_mmlu_branch(
 ) -> dict[str, Any]:
     """Multiple-choice items from each knowledge leaf's documents, base and tuned scored by the
     log-likelihood of the options (labalign.evaluate.mmlu_branch). Writes mmlu_branch.json."""
-    from labalign.evaluate.loglik import score_continuations
+    from labalign.evaluate.loglik import score_continuations_cached
     from labalign.evaluate.models import weights_dir
 
     model, base_spec = _weights_pair(plan, "MMLU-branch")
@@ -337,9 +337,10 @@ def run_mmlu_branch(
         )
     rows = [(item.context, item.continuations()) for item in items]
     scored = {
-        label: score_continuations(
+        label: score_continuations_cached(
             weights_dir(spec, settings.cache_dir),
             rows,
+            settings.cache_dir / "eval" / "mmlu_branch",
             batch_size=2 * plan.batch_size,
             on_progress=on_progress,
             phase=f"{label}: MMLU-branch",
