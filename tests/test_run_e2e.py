@@ -97,9 +97,8 @@ def test_run_killed_mid_training_resumes_and_reports(tmp_path: Path) -> None:
     assert (run / "train" / "final" / "tokenizer_config.json").is_file()
     results = json.loads((run / "eval" / "results.json").read_text())
     assert "branch" in results["evaluations"] and "forgetting" in results["evaluations"]
-    # The knowledge evaluations: MMLU-branch from the document, and the open-book ceiling beside closed book.
-    knowledge = results["evaluations"]
-    assert knowledge["mmlu_branch"]["n"] > 0 and "base_open" in knowledge["open_book"]
+    # MMLU-branch: multiple choice from the document, base and tuned.
+    assert results["evaluations"]["mmlu_branch"]["n"] > 0
     html = (run / "report.html").read_text()
     assert "quillmarrow_island" in html and "labalign chat" in html
     # The quick profile hands the model on as a GGUF file too (train.export_gguf q8_0).
