@@ -97,7 +97,8 @@ def test_continuation_loglik_matches_a_full_forward_pass(tmp_path: Path) -> None
     identity, loglik = score_continuations(model_dir, items, batch_size=2)
     assert identity.startswith("hf:") and [len(x) for x in loglik] == [2, 1]
     tokenizer = load_tokenizer(model_dir)
-    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model.eval()
     for (context, continuations), lls in zip(items, loglik, strict=True):
         ctx = tokenizer(context)["input_ids"]
         for continuation, ll in zip(continuations, lls, strict=True):

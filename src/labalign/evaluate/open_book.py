@@ -109,7 +109,7 @@ def retrieve(
 
 def report(
     retrieved: Sequence[Retrieved],
-    answers: dict[str, Sequence[str]],  # "base_closed", "tuned_closed", "base_open", "tuned_open"
+    answers: Mapping[str, Sequence[str]],  # "base_closed", "tuned_closed", "base_open", "tuned_open"
     *,
     k: int,
 ) -> dict[str, Any]:
