@@ -60,6 +60,25 @@ def named_settings(
     return out
 
 
+def run_labalign(
+    name: str, run: Path, taxonomy: Path, settings: dict[str, str], sections: tuple[str, ...]
+) -> int:
+    """`labalign run` of `taxonomy` into `run` with `settings` ("section.key": value) as LABALIGN_*
+    variables, every other variable of those sections cleared; its exit code."""
+    prefixes = tuple(f"LABALIGN_{section.upper()}__" for section in sections)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    for key, value in settings.items():
+        section, _, field = key.partition(".")
+        env[f"LABALIGN_{section.upper()}__{field.upper()}"] = value
+    print(f"== {name}: {settings or 'the profile as it is'}", flush=True)
+    code = subprocess.call(
+        [sys.executable, "-m", "labalign", "run", str(taxonomy), "--out", str(run)], env=env
+    )
+    if code != 0:
+        print(f"{name}: labalign run failed with exit code {code}", file=sys.stderr)
+    return code
+
+
 def _prepare(data_run: Path, out: Path) -> None:
     """A copy of the finished run without its training and evaluation (the data and manifest stay)."""
     if out.exists():
@@ -193,13 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         run = args.out / name
         if not args.existing:
             _prepare(args.data, run)
-            env = {k: v for k, v in os.environ.items() if not k.startswith("LABALIGN_TRAIN__")}
-            env.update({f"LABALIGN_TRAIN__{k.upper()}": v for k, v in methods[name].items()})
-            print(f"== {name}: {methods[name] or 'the profile as it is'}", flush=True)
-            cmd = [sys.executable, "-m", "labalign", "run", str(args.taxonomy), "--out", str(run)]
-            code = subprocess.call(cmd, env=env)
+            train = {f"train.{k}": v for k, v in methods[name].items()}
+            code = run_labalign(name, run, args.taxonomy, train, ("train",))
             if code != 0:
-                print(f"{name}: labalign run failed with exit code {code}", file=sys.stderr)
                 return code
         rows.append(_row(name, run))
         for w in filter(None, args.interpolations.split(",")):

@@ -25,13 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from forgetting_tradeoff import ROOT, _ci, _gain, _prepare, named_settings
+from forgetting_tradeoff import ROOT, _ci, _gain, _prepare, named_settings, run_labalign
 
 MIXES: dict[str, dict[str, str]] = {
     "facts": {},
@@ -39,11 +36,6 @@ MIXES: dict[str, dict[str, str]] = {
     "qa": {"sdg.knowledge_qa": "true"},
     "documents": {"sdg.document_records": "true"},
 }
-
-
-def _env_name(key: str) -> str:
-    section, _, name = key.partition(".")
-    return f"LABALIGN_{section.upper()}__{name.upper()}"
 
 
 def _row(name: str, run: Path) -> dict[str, Any]:
@@ -93,17 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             _prepare(args.data, run)
             if args.cold:
                 (run / "data" / "cache.sqlite").unlink(missing_ok=True)
-            env = {
-                k: v
-                for k, v in os.environ.items()
-                if not k.startswith(("LABALIGN_SDG__", "LABALIGN_TRAIN__"))
-            }
-            env.update({_env_name(k): v for k, v in mixes[name].items()})
-            print(f"== {name}: {mixes[name] or 'the quick profile as it is'}", flush=True)
-            cmd = [sys.executable, "-m", "labalign", "run", str(args.taxonomy), "--out", str(run)]
-            code = subprocess.call(cmd, env=env)
+            code = run_labalign(name, run, args.taxonomy, mixes[name], ("sdg", "train"))
             if code != 0:
-                print(f"{name}: labalign run failed with exit code {code}", file=sys.stderr)
                 return code
         rows.append(_row(name, run))
     (args.out / "mix.json").write_text(json.dumps(rows, indent=2) + "\n")

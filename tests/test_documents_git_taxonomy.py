@@ -76,8 +76,8 @@ def test_a_git_document_trains_and_evaluates_like_a_local_one(tmp_path: Path) ->
     allowed = [str(tmp_path / "island-docs")]
     settings = load_settings(overrides={"cache_dir": str(cache), "documents.allowed_roots": allowed})
     plan = suite.EvalPlan(model="m", base="b", judge=None, taxonomy=remote, out=tmp_path / "eval")
-    remote_chunks = suite._knowledge_chunks(plan, settings)
-    local_chunks = suite._knowledge_chunks(
+    _, remote_chunks = suite._knowledge_leaves(plan, settings)
+    _, local_chunks = suite._knowledge_leaves(
         suite.EvalPlan(model="m", base="b", judge=None, taxonomy=EXAMPLES, out=tmp_path / "eval"), settings
     )
     assert [c.text for c in remote_chunks[str(LEAF)]] == [c.text for c in local_chunks[str(LEAF)]]

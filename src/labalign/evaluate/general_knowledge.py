@@ -15,16 +15,14 @@ is a regression. The base's scores are cached per machine, as its perplexity is.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from labalign.errors import LabalignError
-from labalign.evaluate.loglik import pick_per_byte, score_continuations
+from labalign.evaluate.loglik import pick_per_byte, score_continuations, score_continuations_cached
 from labalign.evaluate.stats import paired_delta
 from labalign.jsonl import iter_jsonl
 
@@ -92,6 +90,11 @@ def load_questions(path: Path | None = None) -> list[Question]:
     return out
 
 
+def _items(questions: Sequence[Question]) -> list[tuple[str, list[str]]]:
+    """Each question as a context and its options as continuations (" option")."""
+    return [(PROMPT.format(question=q.question), [" " + c.strip() for c in q.choices]) for q in questions]
+
+
 def score(
     model_dir: Path,
     questions: Sequence[Question],
@@ -101,9 +104,12 @@ def score(
     label: str = "model",
 ) -> Scores:
     """Log-likelihood of each option given its question, in-process and batched (right padding)."""
-    items = [(PROMPT.format(question=q.question), [" " + c.strip() for c in q.choices]) for q in questions]
     identity, loglik = score_continuations(
-        model_dir, items, batch_size=batch_size, on_progress=on_progress, phase=f"{label}: general knowledge"
+        model_dir,
+        _items(questions),
+        batch_size=batch_size,
+        on_progress=on_progress,
+        phase=f"{label}: general knowledge",
     )
     return Scores(identity, loglik)
 
@@ -117,25 +123,10 @@ def score_cached(
     label: str = "model",
 ) -> Scores:
     """`score`, remembered per (weights, questions) in `cache_dir`."""
-    from labalign.llm.hf import model_dir_identity
-
-    key = json.dumps(
-        {"model": model_dir_identity(model_dir), "questions": [asdict(q) for q in questions], "v": PROMPT},
-        sort_keys=True,
+    identity, loglik = score_continuations_cached(
+        model_dir, _items(questions), cache_dir, on_progress=on_progress, phase=f"{label}: general knowledge"
     )
-    path = cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json" if cache_dir else None
-    if path is not None and path.is_file():
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if on_progress is not None:
-            on_progress(f"{label}: general knowledge (cached)", 1, 1)
-        return Scores(data["identity"], data["loglik"])
-    result = score(model_dir, questions, on_progress=on_progress, label=label)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(result)), encoding="utf-8")
-        tmp.replace(path)
-    return result
+    return Scores(identity, loglik)
 
 
 def compare(

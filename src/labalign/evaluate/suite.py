@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labalign.config import Settings
 from labalign.errors import LabalignError
@@ -31,6 +31,10 @@ from labalign.evaluate.questions import default_heldout_dir, gather
 from labalign.evaluate.unavailable import EvalUnavailable
 from labalign.llm.types import Backend
 from labalign.redact import redact_data
+
+if TYPE_CHECKING:
+    from labalign.documents import Chunk
+    from labalign.taxonomy import Leaf
 
 ProgressCallback = Callable[[str, int, int], None]  # (phase, done, total)
 EVALS = ("branch", "forgetting", "general-knowledge", "mmlu-branch", "open-book", "mt-bench", "mmlu")
@@ -299,9 +303,9 @@ def run_general_knowledge(
 # -- knowledge: MMLU-branch and the open-book ceiling ----------------------------------------------
 
 
-def _knowledge_chunks(plan: EvalPlan, settings: Settings) -> dict[str, list[Any]]:
-    """Each knowledge leaf's document chunks, resolved and chunked as generation does (same settings,
-    same chunks); EvalUnavailable when the taxonomy has no knowledge leaf with documents."""
+def _knowledge_leaves(plan: EvalPlan, settings: Settings) -> tuple[list[Leaf], dict[str, list[Chunk]]]:
+    """The knowledge leaves with documents and each one's chunks, resolved and chunked as generation
+    does (same settings, same chunks); EvalUnavailable when the taxonomy has none."""
     from labalign.sdg.driver import leaf_inputs
     from labalign.taxonomy import ValidationOptions, load_leaves
 
@@ -311,7 +315,7 @@ def _knowledge_chunks(plan: EvalPlan, settings: Settings) -> dict[str, list[Any]
         raise EvalUnavailable(
             "the taxonomy has no knowledge leaf with documents", hint="nothing to ask about"
         )
-    return {job.leaf.name: list(job.chunks) for job in leaf_inputs(with_docs, settings)}
+    return with_docs, {job.leaf.name: list(job.chunks) for job in leaf_inputs(with_docs, settings)}
 
 
 def run_mmlu_branch(
@@ -325,7 +329,7 @@ def run_mmlu_branch(
     model, base_spec = _weights_pair(plan, "MMLU-branch")
     items = [
         item
-        for leaf, chunks in _knowledge_chunks(plan, settings).items()
+        for leaf, chunks in _knowledge_leaves(plan, settings)[1].items()
         for item in mmlu_branch.build_items(
             leaf, chunks, seed=settings.sdg.seed, max_items=plan.mmlu_branch_items
         )
@@ -333,7 +337,8 @@ def run_mmlu_branch(
     if not items:
         raise EvalUnavailable(
             "the knowledge documents gave no multiple-choice item",
-            hint="items need sentences with a year, number or name that occurs in other kinds elsewhere",
+            hint="an item needs a sentence with a year, number, count or name, and three others of its "
+            "kind elsewhere in the documents",
         )
     rows = [(item.context, item.continuations()) for item in items]
     scored = {
@@ -358,12 +363,11 @@ def run_open_book(
 ) -> dict[str, Any]:
     """Each held-out knowledge question closed-book and with its leaf's top BM25 paragraphs in the prompt,
     for the tuned model and (with a base) the base. Writes open_book.json."""
-    from labalign.taxonomy import ValidationOptions, load_leaves
+    from labalign.evaluate.plots import open_book_chart
 
-    chunks = _knowledge_chunks(plan, settings)
-    leaves = load_leaves([plan.taxonomy], ValidationOptions.from_settings(settings, check_documents=False))
+    leaves, chunks = _knowledge_leaves(plan, settings)
     questions = gather(
-        [leaf for leaf in leaves if leaf.name in chunks],
+        leaves,
         heldout_dir=plan.heldout or default_heldout_dir(plan.taxonomy),
         generated=plan.data,
         include_seeds=plan.seeds,
@@ -390,8 +394,6 @@ def run_open_book(
             return answers
         finally:
             await _close(*(backend for _, backend in sides))
-
-    from labalign.evaluate.plots import open_book_chart
 
     result = open_book.report(retrieved, asyncio.run(go()), k=plan.open_book_k)
     result["specs"] = {"model": plan.model, "base": plan.base}
