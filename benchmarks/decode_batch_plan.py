@@ -19,12 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from labalign.config import default_cache_dir, load_settings
+from labalign.config import load_settings
 from labalign.evaluate.branch import score_model
 from labalign.evaluate.questions import default_heldout_dir, gather
 from labalign.llm import hf_decode
 from labalign.llm.default_model import default_hf_dir
 from labalign.llm.hf import TransformersBackend
+from labalign.paths import default_cache_dir
 from labalign.taxonomy import ValidationOptions, load_leaves
 
 PlanFn = Callable[..., list[tuple[int, int]]]

@@ -41,8 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     model_dir = args.model
     if model_dir is None:
-        from labalign.config import default_cache_dir
         from labalign.llm.default_model import default_hf_dir
+        from labalign.paths import default_cache_dir
 
         model_dir = default_hf_dir(default_cache_dir())
     lines = QUESTIONS.read_text(encoding="utf-8").splitlines()[: args.questions]

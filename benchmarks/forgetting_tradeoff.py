@@ -123,7 +123,8 @@ def _row(name: str, run: Path) -> dict[str, Any]:
 def _refinish_auto(run: Path, out: Path) -> float:
     """`run`'s training finished again with `train.interpolation auto` into out/train: the phases are
     done (their files are hard links), so only final/ is chosen and written. Returns the W chosen."""
-    from labalign.train import TrainConfig, TrainSettings, train
+    from labalign.settings.train import TrainSettings
+    from labalign.train.phases import TrainConfig, train
 
     subprocess.run(["cp", "-al", str(run / "train"), str(out / "train")], check=True)
     shutil.rmtree(out / "train" / "final")
@@ -153,9 +154,9 @@ def _interpolated(name: str, run: Path, w: float | str, taxonomy: Path) -> dict[
     with the run's own plan."""
     from labalign.config import load_settings
     from labalign.evaluate.suite import EvalPlan, evaluate_all
+    from labalign.modeling.models import resolve_model
     from labalign.run.profiles import get_profile
     from labalign.train.interpolate import interpolate_checkpoint
-    from labalign.train.phases import resolve_model
 
     profile = get_profile("quick")
     settings = load_settings(defaults=profile.settings)

@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from labalign.config import default_cache_dir
+from labalign.documents.prose import sentences
 from labalign.llm.default_model import default_gguf_path
 from labalign.llm.llamacpp import LlamaCppBackend
 from labalign.llm.types import GenerationParams, LLMRequest
-from labalign.sdg.facts import sentences
+from labalign.paths import default_cache_dir
 
 EXAMPLE_LEAF = (
     Path(__file__).resolve().parent.parent / "examples/taxonomy/knowledge/history/quillmarrow_island"

@@ -28,8 +28,8 @@ from rich.console import Console
 from rich.table import Table
 
 from labalign.llm.openai_backend import OpenAIBackend
-from labalign.llm.settings import LLMSettings
 from labalign.llm.types import GenerationParams, LLMRequest, Message
+from labalign.settings.llm import LLMSettings
 
 # -- the clients -------------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from labalign.train.loss import GRAD_FILTER_EPS, chunked_cross_entropy_sum, head_spec
+from labalign.modeling.loss import GRAD_FILTER_EPS, chunked_cross_entropy_sum, head_spec
 
 EXAMPLE_LEAF = (
     Path(__file__).resolve().parent.parent / "examples/taxonomy/knowledge/history/quillmarrow_island"
@@ -36,8 +36,8 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from labalign.config import default_cache_dir
     from labalign.llm.default_model import default_hf_dir  # converts the embedded GGUF once
+    from labalign.paths import default_cache_dir
 
     model_dir = default_hf_dir(default_cache_dir())
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

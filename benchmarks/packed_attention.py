@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from labalign.settings.train import TrainSettings
 from labalign.train.model import CausalLMLoss, load_student
 from labalign.train.packing import IGNORE
-from labalign.train.settings import TrainSettings
 
 EXAMPLE_LEAF = (
     Path(__file__).resolve().parent.parent / "examples/taxonomy/knowledge/history/quillmarrow_island"
@@ -35,8 +35,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8, help="samples per packed row")
     args = parser.parse_args()
 
-    from labalign.config import default_cache_dir
     from labalign.llm.default_model import default_hf_dir  # converts the embedded GGUF once
+    from labalign.paths import default_cache_dir
 
     model_dir = default_hf_dir(default_cache_dir())
     device = torch.device("cpu")

@@ -174,7 +174,8 @@ def _peak_rss_mb() -> float:
 
 
 def run_ours(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from labalign.train import TrainConfig, TrainSettings, train
+    from labalign.settings.train import TrainSettings
+    from labalign.train.phases import TrainConfig, train
     from labalign.train.trainlog import read_log
 
     settings = TrainSettings(

@@ -35,8 +35,8 @@ import labalign.llm.resolve
 from labalign.cli import _Group
 from labalign.cli._common import CliState
 from labalign.cli.serve import register
-from labalign.llm.settings import LLMSettings
 from labalign.llm.types import Choice, LLMCallError, LLMError, LLMRequest, LLMResult, ResultCallback
+from labalign.settings.llm import LLMSettings
 
 # -- a scripted in-process backend ---------------------------------------------------------------------
 

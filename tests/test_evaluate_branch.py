@@ -14,6 +14,7 @@ from labalign.errors import LabalignError
 from labalign.evaluate import branch
 from labalign.evaluate.judge import parse_rating
 from labalign.evaluate.questions import EvalQuestion, default_heldout_dir, gather
+from labalign.evaluate.results import BranchResult, as_json
 from labalign.evaluate.stats import paired_delta
 from labalign.llm.types import LLMRequest
 from labalign.taxonomy import ValidationOptions, load_leaves
@@ -96,12 +97,13 @@ def test_report_per_leaf_and_overall() -> None:
     tuned = asyncio.run(branch.score_model(Answering(refs, True, "tuned"), qs, judge=judge))
     base = asyncio.run(branch.score_model(Answering(refs, False, "base"), qs, judge=judge))
     result = branch.report(qs, tuned, base, "judge")
-    assert result["overall"]["model"]["f1"] == 1.0 and result["overall"]["base"]["f1"] == 0.0
-    assert result["overall"]["delta"]["f1"]["significant"] and result["overall"]["delta"]["f1"]["wins"] == 24
-    assert [leaf["leaf"] for leaf in result["leaves"]] == ["a", "b"]
-    assert result["leaves"][1]["sources"] == {"heldout": 0, "generated": 0, "seed": 12}
-    assert result["overall"]["model"]["judge"] == 9.0 and result["overall"]["model"]["judge_unparseable"] == 0
-    json.dumps(result)  # JSON-able as it is
+    overall = result.overall
+    assert overall.model.f1 == 1.0 and overall.base is not None and overall.base.f1 == 0.0
+    assert overall.delta is not None and overall.delta.f1.significant and overall.delta.f1.wins == 24
+    assert [leaf.leaf for leaf in result.leaves] == ["a", "b"]
+    assert result.leaves[1].sources == {"heldout": 0, "generated": 0, "seed": 12}
+    assert overall.model.judge == 9.0 and overall.model.judge_unparseable == 0
+    assert BranchResult.model_validate_json(json.dumps(as_json(result))) == result  # what is saved reads back
 
 
 def test_cli_branch_json_and_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,7 +131,7 @@ def test_cli_branch_json_and_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert data["models"] == {"model": "tuned", "base": "base", "judge": None}
+    assert data["models"] == {"model": "tuned", "base": "base"}  # no judge: absent
     assert len(data["leaves"]) == 3 and all(leaf["delta"]["f1"]["significant"] for leaf in data["leaves"])
     assert (tmp_path / "branch.png").stat().st_size > 1000
     assert (tmp_path / "branch_scores.png").stat().st_size > 1000

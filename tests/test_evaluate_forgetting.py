@@ -87,13 +87,13 @@ def test_compare_flags_regressions_by_threshold(models: tuple[Path, Path], tmp_p
     base = forgetting.score_cached(base_dir, DOCS, tmp_path, window=64)
     tuned = forgetting.score_cached(tuned_dir, DOCS, tmp_path, window=64)
     same = forgetting.compare(DOCS, base, base)
-    assert same["ratio"] == 1.0 and not same["flagged"] and same["delta_nll_per_token"]["mean"] == 0.0
+    assert same.ratio == 1.0 and not same.flagged and same.delta_nll_per_token.mean == 0.0
     result = forgetting.compare(DOCS, tuned, base, threshold=0.10)
     ratio = tuned.perplexity / base.perplexity
-    assert result["ratio"] == pytest.approx(ratio) and ratio > 1.1 and result["flagged"]
-    assert not forgetting.compare(DOCS, tuned, base, threshold=ratio - 1 + 0.01)["flagged"]
-    assert forgetting.compare(DOCS, tuned, base, threshold=ratio - 1 - 0.01)["flagged"]
-    assert set(result["styles"]) == {"news", "how-to"} and len(result["documents"]) == 3
+    assert result.ratio == pytest.approx(ratio) and ratio > 1.1 and result.flagged
+    assert not forgetting.compare(DOCS, tuned, base, threshold=ratio - 1 + 0.01).flagged
+    assert forgetting.compare(DOCS, tuned, base, threshold=ratio - 1 - 0.01).flagged
+    assert set(result.styles) == {"news", "how-to"} and len(result.documents) == 3
     # Scored once: the second call reads the cache (no model load, same numbers).
     phases: list[str] = []
     again = forgetting.score_cached(

@@ -12,7 +12,7 @@ import torch
 from labalign.errors import LabalignError
 from labalign.evaluate import general_knowledge as gk
 from labalign.evaluate.forgetting import load_documents
-from labalign.train.model import load_tokenizer
+from labalign.modeling.models import load_tokenizer
 from tests.tiny_models import tiny_llama_dir
 
 QUESTIONS = [
@@ -57,11 +57,11 @@ def test_compare_pairs_questions_and_flags_a_lost_interval() -> None:
     right, wrong = [0.0, -5.0], [-5.0, 0.0]
     base = gk.Scores("base", [right] * 40)
     same = gk.compare(qs, gk.Scores("t", [right] * 40), base)
-    assert same["base"] == same["tuned"] == 1.0 and same["delta"] == 0.0 and not same["regression"]
+    assert same.base == same.tuned == 1.0 and same.delta == 0.0 and not same.regression
     worse = gk.compare(qs, gk.Scores("t", [wrong] * 20 + [right] * 20), base)
-    assert worse["delta"] == pytest.approx(-0.5) and worse["ci_high"] < 0 and worse["regression"]
-    assert worse["lost"] == 20 and worse["gained"] == 0 and worse["n"] == 40
-    assert worse["questions"][0] == {"id": "q0", "answer": 0, "base": 0, "tuned": 1}
+    assert worse.delta == pytest.approx(-0.5) and worse.ci_high < 0 and worse.regression
+    assert worse.lost == 20 and worse.gained == 0 and worse.n == 40
+    assert worse.questions[0].model_dump() == {"id": "q0", "answer": 0, "base": 0, "tuned": 1}
 
 
 def test_scores_are_cached_per_model(model_dir: Path, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from labalign.documents import Chunk
 from labalign.evaluate import mmlu_branch, open_book
 from labalign.evaluate.loglik import score_continuations
 from labalign.evaluate.questions import EvalQuestion
-from labalign.train.model import load_tokenizer
+from labalign.modeling.models import load_tokenizer
 from tests.tiny_models import tiny_llama_dir
 
 DOC = [
@@ -84,9 +84,9 @@ def test_compare_counts_what_tuning_put_in() -> None:
     right = [[0.0 if i == item.answer else -9.0 for i in range(4)] for item in items]
     wrong = [[-9.0 if i == item.answer else 0.0 for i in range(4)] for item in items]
     result = mmlu_branch.compare(items, ("tuned", right), ("base", wrong))
-    assert result["tuned"] == 1.0 and result["base"] == 0.0 and result["delta"] == 1.0
-    assert result["gained"] == len(items) and result["leaves"]["knowledge/x"]["n"] == len(items)
-    assert result["items"][0]["tuned_pick"] == items[0].answer != result["items"][0]["base_pick"]
+    assert result.tuned == 1.0 and result.base == 0.0 and result.delta == 1.0
+    assert result.gained == len(items) and result.leaves["knowledge/x"].n == len(items)
+    assert result.items[0].tuned_pick == items[0].answer != result.items[0].base_pick
 
 
 def test_continuation_loglik_matches_a_full_forward_pass(tmp_path: Path) -> None:
@@ -158,10 +158,10 @@ def test_report_sets_every_setting_side_by_side() -> None:
         "tuned_open": ["Jonas Pellow kept the lighthouse."],
     }
     result = open_book.report(found, answers, k=2)
-    assert result["f1"] == result["base_open"] == 1.0 and result["base_closed"] == 0.0
-    assert 0 < result["tuned_closed"] < 1 and result["retrieval_recall"] == 1.0
-    assert result["leaves"]["knowledge/x"]["n"] == 1
-    assert result["questions"][0]["passages"][0] == "doc.md:7-8#1"
+    assert result.f1 == result.base_open == 1.0 and result.base_closed == 0.0
+    assert result.tuned_closed is not None and 0 < result.tuned_closed < 1 and result.retrieval_recall == 1.0
+    assert result.leaves["knowledge/x"].n == 1
+    assert result.questions[0].passages[0] == "doc.md:7-8#1"
 
 
 def test_continuation_scores_are_cached_per_model(tmp_path: Path) -> None:

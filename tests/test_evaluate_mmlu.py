@@ -17,7 +17,7 @@ from labalign.cli import app
 from labalign.errors import LabalignError
 from labalign.evaluate import mmlu
 from labalign.evaluate.unavailable import EvalUnavailable
-from labalign.llm.settings import LLMSettings
+from labalign.settings.llm import LLMSettings
 from tests.tiny_models import tiny_llama_dir
 
 ITEMS: list[dict[str, Any]] = [
@@ -77,9 +77,9 @@ def test_local_multiple_choice_task_matches_direct_loglikelihoods(model_dir: Pat
     }
     summary, samples = mmlu.evaluate(str(model_dir), on_progress=lambda *p: phases.append(p), **kw)
     assert {k: os.environ.get(k) for k in env_before} == env_before  # offline only for the run
-    acc = summary["results"]["tiny_mc"]["acc"]
-    assert 0.0 <= acc <= 1.0 and summary["score"] == acc and summary["n"] == {"tiny_mc": 8}
-    assert summary["model"].startswith("hf:") and summary["tasks"] == ["tiny_mc"]
+    acc = summary.results["tiny_mc"]["acc"]
+    assert 0.0 <= acc <= 1.0 and summary.score == acc and summary.n == {"tiny_mc": 8}
+    assert summary.model.startswith("hf:") and summary.tasks == ["tiny_mc"]
     assert ("model: lm-eval log-likelihoods", 32, 32) in phases
 
     # Independently: every choice's log-likelihood, the argmax per item, and the accuracy they give.
@@ -99,7 +99,7 @@ def test_local_multiple_choice_task_matches_direct_loglikelihoods(model_dir: Pat
     # Second run: every log-likelihood comes from lm-eval's cache, the model is never asked.
     phases.clear()
     again, _ = mmlu.evaluate(str(model_dir), on_progress=lambda *p: phases.append(p), **kw)
-    assert again["score"] == acc and not any("log-likelihoods" in p[0] for p in phases)
+    assert again.score == acc and not any("log-likelihoods" in p[0] for p in phases)
 
     # The CLI over the same path: --include-path, JSON out, mmlu.json written.
     out = tmp_path / "eval"

@@ -11,6 +11,7 @@ import pytest
 
 from labalign.errors import LabalignError
 from labalign.evaluate import mt_bench
+from labalign.evaluate.results import MtBenchResult
 from labalign.llm.types import LLMRequest
 from tests.llm_fakes import RuleBackend, ScriptedBackend
 
@@ -178,11 +179,11 @@ def test_two_turn_answers_grading_and_scores(tmp_path: Path) -> None:
     )
     assert graded.scores == [(7.0, 4.0), (9.0, 8.0), (7.0, None)]
     s = mt_bench.summary(graded, data.questions)
-    assert s["turn1"] == pytest.approx((7 + 9 + 7) / 3)
-    assert s["turn2"] == pytest.approx((4 + 8) / 2)
-    assert s["overall"] == pytest.approx((7 + 9 + 7 + 4 + 8) / 5)
-    assert s["errors"] == 1 and s["error_rate"] == pytest.approx(1 / 6)
-    assert s["categories"] == {"writing": 5.5, "math": 8.5, "roleplay": 7.0}
+    assert s.turn1 == pytest.approx((7 + 9 + 7) / 3)
+    assert s.turn2 == pytest.approx((4 + 8) / 2)
+    assert s.overall == pytest.approx((7 + 9 + 7 + 4 + 8) / 5)
+    assert s.errors == 1 and s.error_rate == pytest.approx(1 / 6)
+    assert s.categories == {"writing": 5.5, "math": 8.5, "roleplay": 7.0}
 
 
 def test_failed_answers_are_errors_and_base_delta(tmp_path: Path) -> None:
@@ -198,10 +199,10 @@ def test_failed_answers_are_errors_and_base_delta(tmp_path: Path) -> None:
     base_answers = asyncio.run(mt_bench.answer(ScriptedBackend(identity="base"), data.questions))
     base = asyncio.run(mt_bench.grade(harsh, data, data.questions, base_answers))
     result = mt_bench.report(data.questions, tuned, base, "judge:v1", tmp_path)
-    assert result["model"]["error_rate"] == pytest.approx(3 / 8) and result["model"]["answer_errors"] == 2
+    assert result.model.error_rate == pytest.approx(3 / 8) and result.model.answer_errors == 2
     # Paired over the 5 judgments both models have: tuned 7, 4, 9, 8, 7 against 2 each.
-    assert result["delta"]["mean"] == pytest.approx((7 + 4 + 9 + 8 + 7) / 5 - 2)
-    assert result["delta"]["wins"] == 5 and result["delta"]["significant"]
+    assert result.delta is not None and result.delta.mean == pytest.approx((7 + 4 + 9 + 8 + 7) / 5 - 2)
+    assert result.delta.wins == 5 and result.delta.significant
     recs = mt_bench.records(data.questions, tuned, base)
     assert recs[1]["model"]["scores"] == [9.0, 8.0] and recs[1]["base"]["scores"] == [2.0, 2.0]
-    json.dumps(result)
+    assert MtBenchResult.model_validate_json(result.model_dump_json()) == result

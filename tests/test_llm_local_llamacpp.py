@@ -177,7 +177,7 @@ def test_gpu_layers_reach_llama_cpp_when_it_can_offload(
     import llama_cpp
 
     from labalign.llm.resolve import open_backend
-    from labalign.llm.settings import LLMSettings
+    from labalign.settings.llm import LLMSettings
 
     seen: list[int] = []
     real = llama_cpp.Llama

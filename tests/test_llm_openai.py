@@ -18,8 +18,8 @@ from labalign.errors import LabalignError
 from labalign.llm.chat_template import DEFAULT_STOP
 from labalign.llm.openai_backend import OpenAIBackend, normalize_base_url, render_default_chat
 from labalign.llm.retry import backoff_delay, is_context_length_message, parse_retry_after, retry_wait
-from labalign.llm.settings import LLMSettings
 from labalign.llm.types import ErrorKind, GenerationParams, LLMCallError, LLMRequest, LLMResult, Message
+from labalign.settings.llm import LLMSettings
 from tests.conftest import repo_root
 from tests.llm_fakes import FaultConfig, FaultServer, ServerThread, answer_text
 
@@ -242,7 +242,15 @@ def test_model_resolved_once_from_the_server_list() -> None:
         results = asyncio.run(fresh.generate([chat(f"q{i}") for i in range(10)]))
         assert all(r.ok for r in results)
         assert fresh.identity == backend.identity
-    assert server.model_lists == 2  # one per backend, not one per request
+        third = OpenAIBackend(url)
+
+        async def inside_a_loop() -> str:
+            with pytest.raises(RuntimeError, match="identify"):  # no blocking network call on the loop
+                _ = third.identity
+            return await third.identify()
+
+        assert asyncio.run(inside_a_loop()) == backend.identity
+    assert server.model_lists == 3  # one per backend, not one per request
     assert {b["model"] for b in server.bodies.values()} == {"served-model"}
 
 

@@ -13,7 +13,7 @@ pytest.importorskip("transformers", reason="needs torch and transformers (the hf
 from labalign.errors import LabalignError
 from labalign.llm import resolve
 from labalign.llm.resolve import describe_spec, open_backend, parse_spec
-from labalign.llm.settings import LLMSettings
+from labalign.settings.llm import LLMSettings
 from tests.tiny_models import tiny_llama_dir, tiny_llama_gguf
 
 has_llama_cpp = importlib.util.find_spec("llama_cpp") is not None
@@ -137,7 +137,7 @@ def test_auto_without_llama_cpp_falls_back_to_transformers(
 
 def test_url_opens_the_openai_backend() -> None:
     from labalign.llm.openai_backend import OpenAIBackend
-    from labalign.llm.settings import LLMSettings
+    from labalign.settings.llm import LLMSettings
 
     backend = open_backend("http://127.0.0.1:9/v1", settings=LLMSettings(model_name="m"))
     assert isinstance(backend, OpenAIBackend)

@@ -13,7 +13,7 @@ pytest.importorskip("transformers", reason="needs torch and transformers (the hf
 
 from labalign import cli
 from labalign.cli import model as model_cli
-from labalign.config import default_cache_dir
+from labalign.paths import default_cache_dir
 from tests.tiny_models import tiny_llama_dir, tiny_llama_gguf
 
 runner = CliRunner()

@@ -20,12 +20,14 @@ from labalign.errors import LabalignError
 from labalign.evaluate import branch
 from labalign.evaluate.plots import branch_chart
 from labalign.evaluate.questions import EvalQuestion
+from labalign.evaluate.results import EvalResults, Evaluations, Models, Regression, Skipped, save
+from labalign.manifest import STAGES, Manifest, StageRecord
 from labalign.report import REPORT_FILE, render_report
-from labalign.run.manifest import STAGES, Manifest, StageRecord
 from labalign.sdg.driver import leaf_inputs
 from labalign.sdg.generate import GenerateOptions, generate
+from labalign.settings.train import TrainSettings
 from labalign.taxonomy import ValidationOptions, validate_paths
-from labalign.train import TrainConfig, TrainSettings, train
+from labalign.train.phases import TrainConfig, train
 from tests.sdg_fakes import ScriptedTeacher
 from tests.test_train_helpers import make_records, tiny_model_dir, write_jsonl
 
@@ -41,7 +43,7 @@ SECTIONS = ("next", "leaves", "sdg", "samples", "training", "evaluation", "timin
 def _manifest(run_dir: Path, statuses: dict[str, str], **fields: Any) -> Manifest:
     """A manifest as `labalign run` writes it, with the validate summary of the example taxonomy."""
     result = validate_paths([EXAMPLES], ValidationOptions(check_documents=False))
-    (run_dir / "validation.json").write_text(json.dumps(result.report.as_dict()))
+    (run_dir / "validation.json").write_text(result.report.record().model_dump_json())
     summary = {
         "leaves": [
             {
@@ -52,6 +54,7 @@ def _manifest(run_dir: Path, statuses: dict[str, str], **fields: Any) -> Manifes
             }
             for leaf in result.leaves
         ],
+        "files": len(result.report.files),
         "errors": result.report.error_count,
         "warnings": result.report.warning_count,
     }
@@ -89,16 +92,14 @@ def _branch_results(eval_dir: Path) -> None:
     base = branch.Scored("base", ["zzz"] * 8 + ["x y"] * 8, [0.0] * 8 + [1.0] * 8, [0.5] * 16)
     result = branch.report(questions, tuned, base, None)
     eval_dir.mkdir(parents=True, exist_ok=True)
-    (eval_dir / "branch.json").write_text(json.dumps(result))
+    save(eval_dir / "branch.json", result)
     branch_chart(result, eval_dir / "branch.png")
-    (eval_dir / "results.json").write_text(
-        json.dumps(
-            {
-                "evaluations": {"mt_bench": {"skipped": "no judge model"}},
-                "regressions": [{"eval": "forgetting", "message": "perplexity up 25% > 10%"}],
-            }
-        )
+    results = EvalResults(
+        models=Models(model="tuned", base="base"),
+        evaluations=Evaluations(mt_bench=Skipped(skipped="no judge model")),
+        regressions=[Regression(eval="forgetting", metric="perplexity", message="perplexity up 25% > 10%")],
     )
+    save(eval_dir / "results.json", results)
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +324,10 @@ def test_damaged_files_become_notes(run_copy: Path) -> None:
     for leaf in LEAVES:  # the leaves table still comes from the manifest
         assert f'<td class="name">{leaf.replace("/", "/<wbr>")}</td>' in html
     assert 'id="training"' in html and "loss per phase" in html  # the log's complete lines still plot
-    assert '<tr><td>phase1</td><td class="num">-</td>' in html  # missing numbers show as "-"
+    # A summary.json that is not a training summary is a one-line note naming the first problem.
+    assert re.search(
+        r"could not read train/summary.json: .*no readable training summary \(out: Field required\)", html
+    )
 
 
 def test_training_in_progress(tmp_path: Path) -> None:
@@ -331,7 +335,8 @@ def test_training_in_progress(tmp_path: Path) -> None:
     (run_dir / "train" / "phase1").mkdir(parents=True)
     _manifest(run_dir, {"validate": "done", "generate": "done", "train": "running"})
     done = {"phase": "phase1", "steps": 3, "samples": 12, "tokens": 900, "seconds": 3.0, "best_step": 3,
-            "best_dir": "x", "heldout_loss": 2.5, "score": None}  # fmt: skip
+            "best_dir": "x", "heldout_loss": 2.5, "score": None, "train_samples": 4,
+            "heldout_samples": 1}  # fmt: skip
     (run_dir / "train" / "phase1" / "done.json").write_text(json.dumps(done))
     log = [{"event": "train", "phase": "phase1", "step": s, "loss": 3.0 - s / 10} for s in (1, 2, 3)]
     log += [{"event": "eval", "phase": "phase1", "step": 3, "heldout_loss": 2.5}]

@@ -14,12 +14,28 @@ from rich.console import Console
 
 from labalign.config import load_settings
 from labalign.errors import LabalignError
+from labalign.manifest import (
+    EvaluateSummary,
+    GenerateSummary,
+    ReportSummary,
+    StageSummary,
+    TrainSummary,
+    ValidateSummary,
+    load_manifest,
+)
 from labalign.run import runner, stages
-from labalign.run.manifest import load_manifest
 from labalign.run.profiles import get_profile
 from labalign.run.runner import RunInterrupted, RunOptions, plan_stages
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+FAKE_SUMMARIES: dict[str, StageSummary] = {  # what each faked stage reports
+    "generate": GenerateSummary(phase1_records=1, phase2_records=1, teacher_calls=2, leaves={}),
+    "train": TrainSummary(final="final", phases=[]),
+    "evaluate": EvaluateSummary(evaluations=[], skipped={}, regressions=[]),
+    "report": ReportSummary(report="report.html"),
+}
 
 
 class Recorder:
@@ -28,22 +44,22 @@ class Recorder:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[tuple[str, bool]] = []
         self.fail: dict[str, BaseException] = {}
-        fake: dict[str, Callable[[stages.RunContext], dict[str, Any]]] = {}
+        fake: dict[str, Callable[[stages.RunContext], StageSummary]] = {}
         for name in ("generate", "train", "evaluate", "report"):
             fake[name] = self._make(name)
         fake["validate"] = self._validate
         monkeypatch.setattr(runner, "STAGE_FUNCTIONS", fake)
 
-    def _validate(self, ctx: stages.RunContext) -> dict[str, Any]:
+    def _validate(self, ctx: stages.RunContext) -> StageSummary:
         self.calls.append(("validate", ctx.fresh))
         return stages.validate(ctx)
 
-    def _make(self, name: str) -> Callable[[stages.RunContext], dict[str, Any]]:
-        def stage(ctx: stages.RunContext) -> dict[str, Any]:
+    def _make(self, name: str) -> Callable[[stages.RunContext], StageSummary]:
+        def stage(ctx: stages.RunContext) -> StageSummary:
             self.calls.append((name, ctx.fresh))
             if name in self.fail:
                 raise self.fail.pop(name)
-            return {"stage": name}
+            return FAKE_SUMMARIES[name]
 
         return stage
 
@@ -77,7 +93,8 @@ def test_second_run_skips_done_stages_and_renders_the_report(
     assert all(manifest.stage(s).status == "done" for s in ("validate", "generate", "train", "report"))
     assert manifest.inputs["documents/knowledge/history/quillmarrow_island/quillmarrow_island.md"]
     assert any(k.startswith("heldout/") for k in manifest.inputs)
-    assert manifest.stage("validate").summary["leaves"][0]["name"]
+    validated = manifest.stage("validate").summary
+    assert isinstance(validated, ValidateSummary) and validated.leaves[0].name
     go(taxonomy, tmp_path / "run")
     assert rec.ran() == ["report"]
     assert load_manifest(tmp_path / "run") is not None
@@ -206,7 +223,7 @@ def test_damaged_manifest_is_a_one_line_error(taxonomy: Path, tmp_path: Path) ->
 
 
 def test_plan_when_nothing_ran_yet() -> None:
-    from labalign.run.manifest import Manifest
+    from labalign.manifest import Manifest
 
     plans = plan_stages(Manifest(), {s: "x" for s in ("generate", "train", "evaluate", "report")}, None)
     assert [(p.stage, p.action) for p in plans] == [

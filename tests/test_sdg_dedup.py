@@ -28,8 +28,8 @@ from labalign.sdg.dedup import (
 from labalign.sdg.driver import options_from_settings
 from labalign.sdg.generate import GenerateOptions, generate
 from labalign.sdg.prompts import PromptLibrary
-from labalign.sdg.settings import SDGSettings
 from labalign.sdg.stats import LeafStats
+from labalign.settings.sdg import SDGSettings
 from labalign.textmetrics import rouge_l, tokens
 from tests.sdg_fakes import ScriptedTeacher
 from tests.test_sdg_generate import jobs

@@ -10,15 +10,16 @@ import pytest
 from rich.console import Console
 
 from labalign.config import load_settings
+from labalign.documents.prose import paragraphs, sentences
 from labalign.llm.types import LLMRequest
 from labalign.sdg.blocks import BlockContext, SimilarityBlockConfig, run_block
 from labalign.sdg.driver import funnel_table, leaf_inputs
-from labalign.sdg.facts import FACT_ID, fact_examples, fact_rows, paragraphs, sentences
+from labalign.sdg.facts import FACT_ID, fact_examples, fact_rows
 from labalign.sdg.generate import GenerateOptions, GenerateResult, LeafInput, generate
 from labalign.sdg.pipeline import builtin_pipeline
 from labalign.sdg.prompts import PromptLibrary
 from labalign.sdg.rows import ROW_ID, Row
-from labalign.sdg.stats import LeafStats
+from labalign.sdg.stats import GenerationStats, LeafStats
 from labalign.taxonomy import ValidationOptions, load_leaves
 from tests.sdg_fakes import ScriptedTeacher, prompt_text
 
@@ -225,5 +226,5 @@ def test_sentences_left_without_a_question_are_counted_and_named(tmp_path: Path)
     written = json.loads((tmp_path / "stats.json").read_text())["leaves"][0]
     assert written["unasked_facts"] == [rows[1]["fact"]]
     table = Console(width=200, record=True)
-    table.print(funnel_table(json.loads((tmp_path / "stats.json").read_text())))
+    table.print(funnel_table(GenerationStats.load(tmp_path)))
     assert f"on {len(rows) - 1} of {len(rows)} sentences" in table.export_text()

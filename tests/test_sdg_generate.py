@@ -42,7 +42,7 @@ def run(out: Path, teacher: ScriptedTeacher, **options: Any) -> Any:
 def test_counts_shapes_and_mixes(tmp_path: Path) -> None:
     result = run(tmp_path, ScriptedTeacher(bad_every=5), samples_per_leaf=7, seed=3)
     for leaf in result.leaves:
-        assert len(leaf.train) == 7, leaf.stats.as_dict()
+        assert len(leaf.train) == 7, leaf.stats.record()
         assert len(leaf.heldout) == heldout_count(7, 0.1) == 1
     phase1, phase2 = read(tmp_path / "phase1.jsonl"), read(tmp_path / "phase2.jsonl")
     for rec in phase1 + phase2:
@@ -189,7 +189,7 @@ def test_a_round_starts_only_the_chunks_it_needs(tmp_path: Path) -> None:
     from labalign.sdg.generate import CHUNK_ROWS, FIRST_WINDOW_ROWS
 
     result = run(tmp_path, ScriptedTeacher(), samples_per_leaf=40, heldout_fraction=0.0)
-    stats = {s.leaf: s.as_dict() for s in result.stats}
+    stats = {s.leaf: s.record().model_dump(by_alias=True) for s in result.stats}
     freeform = stats["compositional_skills/writing/formal_business_rewrite"]
     # The round has 40 x oversample 2.0 = 80 rows; every row survives, so once the first chunk shows
     # that, the rows already started are enough and the last chunk is never sent to the teacher.
@@ -199,7 +199,7 @@ def test_a_round_starts_only_the_chunks_it_needs(tmp_path: Path) -> None:
     failing = run(
         tmp_path / "fail", ScriptedTeacher(low_scores=True), samples_per_leaf=40, heldout_fraction=0.0
     )
-    stats = {s.leaf: s.as_dict() for s in failing.stats}
+    stats = {s.leaf: s.record().model_dump(by_alias=True) for s in failing.stats}
     assert stats["compositional_skills/writing/formal_business_rewrite"]["stages"][0]["in"] == 4 * 80
 
 

@@ -1,4 +1,4 @@
-"""`labalign train` on the command line: the interface, one-line errors, --model default, relaunch args."""
+"""`labalign train` on the command line: the interface, one-line errors, --model default, --nproc."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from labalign.cli.train import standalone_app
-from labalign.train import TrainConfig
+from labalign.train.phases import TrainConfig
+from labalign.train.summary import TrainResult
 from tests.test_train_helpers import make_records, tiny_model_dir, write_jsonl
 
 runner = CliRunner()
@@ -120,36 +120,50 @@ def test_bad_flag_combination(files: tuple[Path, Path, Path], tmp_path: Path) ->
     assert not (tmp_path / "o").exists()
 
 
-def test_relaunch_args_repeat_the_command_without_nproc(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_nproc_hands_the_typed_config_to_launch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--nproc goes to labalign.train.launch with the flags already in the typed config: the library
+    never rebuilds a command line for the CLI."""
     config = tmp_path / "x.yaml"
-    config.write_text("# defaults\n")
-    captured: list[list[str]] = []
-    app = standalone_app()
+    config.write_text("train:\n  learning_rate: 0.001\n")
+    captured: list[tuple[TrainConfig, int]] = []
 
-    def fake_launch(nproc: int, argv: list[str]) -> int:
-        captured.append([str(nproc), *argv])
-        return 0
+    def fake_launch(train_config: TrainConfig, nproc: int = 1) -> TrainResult:
+        captured.append((train_config, nproc))
+        out = train_config.out
+        return TrainResult(
+            out=out, final=out / "final", phases=[], log=out / "l", plot=out / "p", summary=out / "s"
+        )
 
-    monkeypatch.setattr("labalign.train.distributed.launch", fake_launch)
+    monkeypatch.setattr("labalign.train.launch.launch", fake_launch)
     args = ["--config", str(config), "train", "--phase1", "a.jsonl", "--out", "o", "--lora", "--epochs", "3",
             "--nproc", "2", "--no-progress", "--bf16", "off", "--distributed", "fsdp"]  # fmt: skip
-    result = runner.invoke(app, args)
+    result = runner.invoke(_app(), args)
     assert result.exit_code == 0, result.output
-    argv = captured[0]
-    assert argv[0] == "2" and "--nproc" not in argv
-    assert argv[1:4] == ["--config", str(config), "train"]
-    for expected in (
-        ["--phase1", "a.jsonl"],
-        ["--epochs", "3"],
-        ["--bf16", "off"],
-        ["--model", "default"],
-        ["--distributed", "fsdp"],
-    ):
-        i = argv.index(expected[0])
-        assert argv[i : i + 2] == expected
-    assert "--lora" in argv and "--no-progress" in argv and "--resume" not in argv
+    ((train_config, nproc),) = captured
+    assert nproc == 2
+    s = train_config.settings
+    assert (s.lora, s.epochs, s.bf16, s.distributed, s.learning_rate) == (True, 3, "off", "fsdp", 0.001)
+    assert train_config.phase1 == Path("a.jsonl") and train_config.model == "default"
+    assert not train_config.resume and not train_config.show_progress
+
+
+def test_the_launch_config_crosses_into_the_worker(tmp_path: Path) -> None:
+    """What launch writes for the worker processes reads back as the same TrainConfig; a damaged one is
+    a one-line error with exit code 1."""
+    from labalign.settings.train import TrainSettings
+    from labalign.train.launch import LaunchConfig
+    from labalign.train.worker import main
+
+    original = TrainConfig(
+        model="m", out=tmp_path / "o", phase1=tmp_path / "a.jsonl", replay=tmp_path / "r.jsonl",
+        settings=TrainSettings(lora=True, interpolation="auto", replay_ratio=0.5), resume=True,
+        cache_dir=tmp_path / "cache", show_progress=False,
+    )  # fmt: skip
+    text = LaunchConfig.of(original).model_dump_json()
+    assert LaunchConfig.model_validate_json(text).train_config() == original
+    bad = tmp_path / "launch.json"
+    bad.write_text("{not json")
+    assert main([str(bad)]) == 1
 
 
 def test_distributed_flag_sets_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:

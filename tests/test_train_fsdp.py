@@ -11,10 +11,10 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from labalign.settings.train import TrainSettings
 from labalign.train.distributed import DistContext, parallelism
 from labalign.train.fsdp import decoder_layers
 from labalign.train.model import Student, load_student, merged_state_dict
-from labalign.train.settings import TrainSettings
 from tests.test_train_helpers import tiny_model, tiny_model_dir
 
 

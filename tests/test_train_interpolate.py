@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from labalign.errors import LabalignError
-from labalign.train import TrainSettings
+from labalign.settings.train import TrainSettings
 from labalign.train.interpolate import interpolate_checkpoint
 from tests.test_train_helpers import tiny_model, tiny_model_dir
 

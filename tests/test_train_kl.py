@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from labalign.modeling.loss import HeadSpec
 from labalign.train.kl import chunked_kl_sum
-from labalign.train.loss import HeadSpec
 from tests.test_train_helpers import backward
 from tests.test_train_loss import _grads, reference_logits
 

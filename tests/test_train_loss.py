@@ -7,8 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labalign.train.loss import HeadSpec, chunked_cross_entropy_sum, default_chunk_tokens, head_spec
-from labalign.train.packing import IGNORE
+from labalign.modeling.loss import (
+    IGNORE,
+    HeadSpec,
+    chunked_cross_entropy_sum,
+    default_chunk_tokens,
+    head_spec,
+)
 from tests.test_train_helpers import backward, tiny_model
 
 

@@ -12,10 +12,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from labalign.modeling.loss import IGNORE
 from labalign.train.attention import PACKED_SDPA
 from labalign.train.attention import register as register_packed_sdpa
 from labalign.train.model import CausalLMLoss, Student
-from labalign.train.packing import IGNORE, build_pack, epoch_order, pack_step, steps_of
+from labalign.train.packing import build_pack, epoch_order, pack_step, steps_of
 from labalign.train.tokenize import TokenizedData
 from tests.test_train_helpers import backward, tiny_model
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from labalign.train import TrainConfig, TrainSettings, train
+from labalign.settings.train import TrainSettings
+from labalign.train.phases import TrainConfig, train
 from labalign.train.trainlog import read_log
 from tests.test_train_helpers import make_records, tiny_model_dir, write_jsonl
 
@@ -26,7 +27,7 @@ TIMING_FIELDS = {"tokens_per_s", "elapsed_s"}
 
 def _command(model: Path, p1: Path, p2: Path, out: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "labalign.cli.train", "train",
+        sys.executable, "-m", "labalign", "train",
         "--model", str(model), "--phase1", str(p1), "--phase2", str(p2), "--out", str(out),
         "--batch-size", "4", "--epochs", "1", "--save-every", "5", "--max-seq-len", "256",
         "--max-batch-tokens", "256", "--lr", "3e-3", "--warmup-steps", "2", "--no-progress", *extra,

@@ -16,11 +16,12 @@ from pydantic import ValidationError
 
 from labalign.errors import LabalignError
 from labalign.llm.chat_template import DEFAULT_CHAT_TEMPLATE
-from labalign.train import TrainConfig, TrainSettings, train
+from labalign.settings.train import TrainSettings
 from labalign.train.anchor import compute_base_targets
 from labalign.train.data import read_samples
 from labalign.train.general import replay_epochs, split_general, validation
 from labalign.train.packing import build_pack
+from labalign.train.phases import TrainConfig, train
 from labalign.train.tokenize import TokenizedData, tokenize_samples
 from labalign.train.trainlog import read_log
 from tests.test_train_helpers import (

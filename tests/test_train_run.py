@@ -14,10 +14,11 @@ from safetensors.torch import load_file
 
 from labalign.errors import LabalignError
 from labalign.llm.chat_template import DEFAULT_CHAT_TEMPLATE
-from labalign.train import TrainConfig, TrainSettings, train
+from labalign.settings.train import TrainSettings
 from labalign.train.loop import PhaseSpec
 from labalign.train.model import CausalLMLoss, Student, load_student, merged_state_dict
 from labalign.train.packing import build_pack, epoch_order, steps_of
+from labalign.train.phases import TrainConfig, train
 from labalign.train.trainlog import read_log
 from tests.test_train_helpers import backward, make_records, tiny_model_dir, write_jsonl
 

@@ -21,19 +21,14 @@ from pydantic_settings import (
 
 from labalign import yamlsafe
 from labalign.errors import ConfigError
-from labalign.llm.settings import LLMSettings
-from labalign.sdg.settings import SDGSettings
-from labalign.train.settings import TrainSettings
+from labalign.paths import default_cache_dir
+from labalign.settings.llm import LLMSettings
+from labalign.settings.sdg import SDGSettings
+from labalign.settings.train import TrainSettings
 
 CONFIG_FILE_NAME = "labalign.yaml"
 ENV_PREFIX = "LABALIGN_"
 ENV_NESTED = "__"
-
-
-def default_cache_dir() -> Path:
-    """Where models, fetched documents and request caches live (XDG-style)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "labalign"
 
 
 class _Section(BaseModel):

@@ -9,11 +9,11 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-PhaseCallback = Callable[[str, int, int], None]
+ProgressCallback = Callable[[str, int, int], None]  # (phase, done, total): the one progress callback type
 
 
 @contextmanager
-def phase_progress(console: Console, *, transient: bool = True) -> Iterator[PhaseCallback]:
+def phase_progress(console: Console, *, transient: bool = True) -> Iterator[ProgressCallback]:
     """Yields the callback; a phase gets its bar the first time it reports."""
     with Progress(
         TextColumn("{task.description}"),

@@ -28,8 +28,8 @@ from labalign.documents import (
 )
 from labalign.documents.security import redact
 from labalign.errors import DocumentError
-from labalign.sdg.driver import resolve_leaf_documents
 from labalign.taxonomy.discover import find_root
+from labalign.taxonomy.documents import resolve_leaf_documents
 
 app = typer.Typer(
     name="documents",

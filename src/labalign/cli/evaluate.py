@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import BaseModel
 from rich.table import Table
 from rich.text import Text
 
@@ -24,7 +25,33 @@ from labalign.cli._common import (
 from labalign.config import Settings
 from labalign.evaluate import suite
 from labalign.evaluate.forgetting import DEFAULT_THRESHOLD
-from labalign.progress import PhaseCallback, phase_progress
+from labalign.evaluate.names import EVALUATIONS
+from labalign.evaluate.results import (
+    Accuracies,
+    BranchResult,
+    BranchScore,
+    BranchSummary,
+    EvalResults,
+    ForgettingResult,
+    ForgettingSummary,
+    GeneralKnowledgeResult,
+    GeneralKnowledgeSummary,
+    MmluBranchResult,
+    MmluBranchSummary,
+    MmluResult,
+    MmluSummary,
+    MtBenchResult,
+    MtBenchSummary,
+    OpenBookResult,
+    OpenBookScore,
+    OpenBookSummary,
+    PairedDelta,
+    Skipped,
+    as_json,
+)
+from labalign.progress import ProgressCallback, phase_progress
+
+R = TypeVar("R", bound=BaseModel)
 
 app = typer.Typer(name="evaluate", help="Measure what tuning changed.", no_args_is_help=True)
 
@@ -89,7 +116,7 @@ Threshold = Annotated[
 DEFAULT_OUT = Path("eval")
 
 
-def _progress() -> AbstractContextManager[PhaseCallback]:
+def _progress() -> AbstractContextManager[ProgressCallback]:
     return phase_progress(err_console)
 
 
@@ -107,202 +134,198 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _delta_cell(delta: dict[str, Any] | None, digits: int = 3) -> Text:
-    if not delta:
-        return Text("-")
-    text = f"{delta['mean']:+.{digits}f} [{delta['ci_low']:+.{digits}f}, {delta['ci_high']:+.{digits}f}]"
-    style = ("green" if delta["mean"] > 0 else "red") if delta["significant"] else ""
+def _delta_cell(mean: float, low: float, high: float, digits: int = 3) -> Text:
+    text = f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+    style = ("green" if mean > 0 else "red") if low > 0 or high < 0 else ""
     return Text(text, style=style)
 
 
-def branch_table(result: dict[str, Any]) -> Table:
-    has_base = "base" in result["overall"]
+def _paired(delta: PairedDelta | None, digits: int = 3) -> Text:
+    return _delta_cell(delta.mean, delta.ci_low, delta.ci_high, digits) if delta else Text("-")
+
+
+def _accuracy_delta(a: Accuracies) -> Text:
+    return _delta_cell(a.delta, a.ci_low, a.ci_high)
+
+
+def branch_table(result: BranchResult) -> Table:
+    has_base = result.overall.base is not None
     table = Table(title="branch evaluation (token F1; delta with 95% bootstrap CI)")
     for name in ("leaf", "n", "base", "tuned", "delta", "W/T/L"):
         if name in ("base", "delta", "W/T/L") and not has_base:
             continue
         table.add_column(name, justify="left" if name == "leaf" else "right", overflow="fold")
-    rows = [*result["leaves"], {"leaf": "overall", **result["overall"]}]
-    for entry in rows:
-        cells: list[Text | str] = [
-            Text(entry["leaf"], style="bold" if entry["leaf"] == "overall" else ""),
-            str(entry["model"]["n"]),
-        ]
-        if has_base:
-            d = entry["delta"]["f1"]
+    rows: list[tuple[str, BranchScore]] = [(leaf.leaf, leaf) for leaf in result.leaves]
+    for name, entry in [*rows, ("overall", result.overall)]:
+        cells: list[Text | str] = [Text(name, style="bold" if name == "overall" else ""), str(entry.model.n)]
+        if entry.base is not None and entry.delta is not None:
+            d = entry.delta.f1
             cells += [
-                _fmt(entry["base"]["f1"]),
-                _fmt(entry["model"]["f1"]),
-                _delta_cell(d),
-                f"{d['wins']}/{d['ties']}/{d['losses']}",
+                _fmt(entry.base.f1),
+                _fmt(entry.model.f1),
+                _paired(d),
+                f"{d.wins}/{d.ties}/{d.losses}",
             ]
         else:
-            cells.append(_fmt(entry["model"]["f1"]))
+            cells.append(_fmt(entry.model.f1))
         table.add_row(*cells)
     return table
 
 
-def mt_bench_table(result: dict[str, Any]) -> Table:
-    has_base = "base" in result
-    table = Table(title=f"MT-Bench (judge {result['judge']}; ratings 1-10)")
+def mt_bench_table(result: MtBenchResult) -> Table:
+    base = result.base
+    table = Table(title=f"MT-Bench (judge {result.judge}; ratings 1-10)")
     table.add_column("", justify="left")
-    if has_base:
+    if base:
         table.add_column("base", justify="right")
     table.add_column("tuned", justify="right")
-    rows: list[tuple[str, str]] = [("overall", "overall"), ("turn 1", "turn1"), ("turn 2", "turn2")]
-    for label, key in rows:
-        cells = [label, *([_fmt(result["base"][key], 2)] if has_base else []), _fmt(result["model"][key], 2)]
-        table.add_row(*cells)
-    for cat, value in result["model"]["categories"].items():
-        base_cells = [_fmt(result["base"]["categories"].get(cat), 2)] if has_base else []
+    for label, key in (("overall", "overall"), ("turn 1", "turn1"), ("turn 2", "turn2")):
+        table.add_row(
+            label, *([_fmt(getattr(base, key), 2)] if base else []), _fmt(getattr(result.model, key), 2)
+        )
+    for cat, value in result.model.categories.items():
+        base_cells = [_fmt(base.categories.get(cat), 2)] if base else []
         table.add_row(Text(cat, style="dim"), *base_cells, _fmt(value, 2))
     table.add_row(
-        "judge error rate",
-        *([_fmt(result["base"]["error_rate"], 3)] if has_base else []),
-        _fmt(result["model"]["error_rate"], 3),
+        "judge error rate", *([_fmt(base.error_rate, 3)] if base else []), _fmt(result.model.error_rate, 3)
     )
-    if has_base:
-        table.caption = f"delta {_delta_cell(result['delta'], 2)}"
+    if result.delta is not None:
+        table.caption = f"delta {_paired(result.delta, 2)}"
     return table
 
 
-def mmlu_table(result: dict[str, Any]) -> Table:
-    has_base = "base" in result
+def mmlu_table(result: MmluResult) -> Table:
+    base = result.base
     table = Table(title="lm-eval accuracy")
     table.add_column("task", justify="left")
-    if has_base:
+    if base:
         table.add_column("base", justify="right")
     table.add_column("tuned", justify="right")
     table.add_column("n", justify="right")
-    for name, metrics in result["model"]["results"].items():
-        if "acc" not in metrics or (name not in result["tasks"] and name not in result["model"]["groups"]):
+    for name, metrics in result.model.results.items():
+        if "acc" not in metrics or (name not in result.tasks and name not in result.model.groups):
             continue
-        base = result["base"]["results"].get(name, {}).get("acc") if has_base else None
-        row = [name, *([_fmt(base)] if has_base else []), _fmt(metrics["acc"])]
-        table.add_row(*row, str(result["model"]["n"].get(name, "")))
+        row = [name, *([_fmt(base.results.get(name, {}).get("acc"))] if base else []), _fmt(metrics["acc"])]
+        table.add_row(*row, str(result.model.n.get(name, "")))
     return table
 
 
-def forgetting_table(result: dict[str, Any]) -> Table:
+def forgetting_table(result: ForgettingResult) -> Table:
     table = Table(title="forgetting check: perplexity on general text (lower is better)")
     for name in ("text", "base", "tuned", "ratio"):
         table.add_column(name, justify="left" if name == "text" else "right")
-    for style, v in result["styles"].items():
-        table.add_row(
-            Text(style, style="dim"), _fmt(v["base"], 2), _fmt(v["model"], 2), _fmt(v["model"] / v["base"])
-        )
-    flag = Text(f"{result['ratio']:.3f}", style="bold red" if result["flagged"] else "green")
-    table.add_row("all", _fmt(result["base"]["perplexity"], 2), _fmt(result["model"]["perplexity"], 2), flag)
-    mt = result.get("mt_bench_delta")
-    if mt and "mean" in mt:
-        table.caption = f"MT-Bench delta {_delta_cell(mt, 2)}"
-    if result["flagged"]:
-        table.caption = (table.caption or "") + f"  FLAGGED: more than {100 * result['threshold']:.0f}% worse"
+    for style, v in result.styles.items():
+        table.add_row(Text(style, style="dim"), _fmt(v.base, 2), _fmt(v.model, 2), _fmt(v.model / v.base))
+    flag = Text(f"{result.ratio:.3f}", style="bold red" if result.flagged else "green")
+    table.add_row("all", _fmt(result.base.perplexity, 2), _fmt(result.model.perplexity, 2), flag)
+    if isinstance(result.mt_bench_delta, PairedDelta):
+        table.caption = f"MT-Bench delta {_paired(result.mt_bench_delta, 2)}"
+    if result.flagged:
+        table.caption = (table.caption or "") + f"  FLAGGED: more than {100 * result.threshold:.0f}% worse"
     return table
 
 
-def general_knowledge_table(result: dict[str, Any]) -> Table:
+def general_knowledge_table(result: GeneralKnowledgeResult) -> Table:
     table = Table(title="general knowledge: multiple-choice accuracy (higher is better)")
     for name in ("subject", "base", "tuned", "n"):
         table.add_column(name, justify="left" if name == "subject" else "right")
-    for subject, v in result["subjects"].items():
-        table.add_row(Text(subject, style="dim"), _fmt(v["base"]), _fmt(v["tuned"]), str(v["n"]))
-    table.add_row("all", _fmt(result["base"]), _fmt(result["tuned"]), str(result["n"]))
-    significant = result["ci_low"] > 0 or result["ci_high"] < 0
-    delta = {"mean": result["delta"], "significant": significant, **result}
-    table.caption = f"tuned - base {_delta_cell(delta).plain}"
-    if result["regression"]:
+    for subject, v in result.subjects.items():
+        table.add_row(Text(subject, style="dim"), _fmt(v.base), _fmt(v.tuned), str(v.n))
+    table.add_row("all", _fmt(result.base), _fmt(result.tuned), str(result.n))
+    table.caption = f"tuned - base {_accuracy_delta(result).plain}"
+    if result.regression:
         table.caption += "  REGRESSION: the whole interval is below zero"
     return table
 
 
-def mmlu_branch_table(result: dict[str, Any]) -> Table:
+def mmlu_branch_table(result: MmluBranchResult) -> Table:
     table = Table(title="MMLU-branch: multiple choice from the documents (log-likelihood; chance 0.25)")
     for name in ("leaf", "n", "base", "tuned"):
         table.add_column(name, justify="left" if name == "leaf" else "right", overflow="fold")
-    for leaf, v in result["leaves"].items():
-        table.add_row(Text(leaf, style="dim"), str(v["n"]), _fmt(v["base"]), _fmt(v["tuned"]))
-    table.add_row("all", str(result["n"]), _fmt(result["base"]), _fmt(result["tuned"]))
-    delta = {"mean": result["delta"], "significant": result["ci_low"] > 0 or result["ci_high"] < 0, **result}
+    for leaf, v in result.leaves.items():
+        table.add_row(Text(leaf, style="dim"), str(v.n), _fmt(v.base), _fmt(v.tuned))
+    table.add_row("all", str(result.n), _fmt(result.base), _fmt(result.tuned))
     table.caption = (
-        f"tuned - base {_delta_cell(delta).plain} ({result['gained']} gained, {result['lost']} lost)"
+        f"tuned - base {_accuracy_delta(result).plain} ({result.gained} gained, {result.lost} lost)"
     )
     return table
 
 
-def open_book_table(result: dict[str, Any]) -> Table:
-    table = Table(title=f"closed book vs open book ({result['retriever']}; token F1)")
-    settings_shown = [n for n in ("base_closed", "tuned_closed", "base_open", "tuned_open") if n in result]
-    for name in ("leaf", "n", *(n.replace("_", " ") for n in settings_shown), "recall"):
+OPEN_BOOK_SETTINGS = {
+    "base_closed": "base closed-book",
+    "tuned_closed": "tuned closed-book",
+    "base_open": "base open-book",
+    "tuned_open": "tuned open-book",
+}
+
+
+def open_book_table(result: OpenBookResult) -> Table:
+    table = Table(title=f"closed book vs open book ({result.retriever}; token F1)")
+    shown = [n for n in OPEN_BOOK_SETTINGS if getattr(result, n) is not None]
+    for name in ("leaf", "n", *(n.replace("_", " ") for n in shown), "recall"):
         table.add_column(name, justify="left" if name == "leaf" else "right", overflow="fold")
-    rows = [*result["leaves"].items(), ("all", result)]
+    rows: list[tuple[str, OpenBookScore]] = [*result.leaves.items(), ("all", result)]
     for leaf, v in rows:
-        cells = [_fmt(v[n]) for n in settings_shown]
         table.add_row(
             Text(leaf, style="dim" if leaf != "all" else "bold"),
-            str(v["n"]),
-            *cells,
-            _fmt(v["retrieval_recall"], 2),
+            str(v.n),
+            *(_fmt(getattr(v, n)) for n in shown),
+            _fmt(v.retrieval_recall, 2),
         )
     table.caption = "recall: share of questions whose answer's paragraph was retrieved"
     return table
 
 
-def results_table(results: dict[str, Any]) -> Table:
+def _summary_text(summary: BaseModel) -> Text | str:
+    """One evaluation's line in the summary table."""
+    if isinstance(summary, Skipped):
+        return Text(f"skipped: {summary.skipped}", style="yellow")
+    if isinstance(summary, BranchSummary):
+        o = summary.overall
+        text = f"token F1 {_fmt(o.model.f1)}"
+        if o.base is not None and o.delta is not None:
+            text += f" (base {_fmt(o.base.f1)}, delta {o.delta.f1.mean:+.3f})"
+        return text
+    if isinstance(summary, MtBenchSummary):
+        base = f" (base {_fmt(summary.base.overall, 2)})" if summary.base else ""
+        return f"rating {_fmt(summary.model.overall, 2)}{base}"
+    if isinstance(summary, ForgettingSummary):
+        return (
+            f"perplexity {_fmt(summary.model.perplexity, 2)} vs base "
+            f"{_fmt(summary.base.perplexity, 2)} (x{summary.ratio:.3f})"
+        )
+    if isinstance(summary, GeneralKnowledgeSummary | MmluBranchSummary):
+        return (
+            f"accuracy {_fmt(summary.tuned)} vs base {_fmt(summary.base)} "
+            f"({summary.delta:+.3f} [{summary.ci_low:+.3f}, {summary.ci_high:+.3f}])"
+        )
+    if isinstance(summary, OpenBookSummary):
+        parts = [
+            f"{label} {_fmt(value)}"
+            for name, label in OPEN_BOOK_SETTINGS.items()
+            if (value := getattr(summary, name)) is not None
+        ]
+        return "token F1: " + ", ".join(parts)
+    if isinstance(summary, MmluSummary):
+        base = f" (base {_fmt(summary.base)})" if summary.base is not None else ""
+        return f"accuracy {_fmt(summary.model)}{base}"
+    return ""
+
+
+def results_table(results: EvalResults) -> Table:
     table = Table(title="evaluation summary")
     table.add_column("evaluation")
     table.add_column("result", overflow="fold")
-    for name, summary in results["evaluations"].items():
-        if "skipped" in summary:
-            table.add_row(name, Text(f"skipped: {summary['skipped']}", style="yellow"))
-        elif name == "branch":
-            o = summary["overall"]
-            text = f"token F1 {_fmt(o['model']['f1'])}"
-            if "base" in o:
-                text += f" (base {_fmt(o['base']['f1'])}, delta {o['delta']['f1']['mean']:+.3f})"
-            table.add_row(name, text)
-        elif name == "mt_bench":
-            text = f"rating {_fmt(summary['model']['overall'], 2)}"
-            if "base" in summary:
-                text += f" (base {_fmt(summary['base']['overall'], 2)})"
-            table.add_row(name, text)
-        elif name == "forgetting":
-            table.add_row(
-                name,
-                f"perplexity {_fmt(summary['model']['perplexity'], 2)} vs base "
-                f"{_fmt(summary['base']['perplexity'], 2)} (x{summary['ratio']:.3f})",
-            )
-        elif name in ("general_knowledge", "mmlu_branch"):
-            table.add_row(
-                name,
-                f"accuracy {_fmt(summary['tuned'])} vs base {_fmt(summary['base'])} "
-                f"({summary['delta']:+.3f} [{summary['ci_low']:+.3f}, {summary['ci_high']:+.3f}])",
-            )
-        elif name == "open_book":
-            parts = [
-                f"{label} {_fmt(summary[key])}"
-                for key, label in (
-                    ("base_closed", "base closed-book"),
-                    ("tuned_closed", "tuned closed-book"),
-                    ("base_open", "base open-book"),
-                    ("tuned_open", "tuned open-book"),
-                )
-                if key in summary
-            ]
-            table.add_row(name, "token F1: " + ", ".join(parts))
-        elif name == "mmlu":
-            text = f"accuracy {_fmt(summary['model'])}"
-            if "base" in summary:
-                text += f" (base {_fmt(summary['base'])})"
-            table.add_row(name, text)
-    for reg in results["regressions"]:
-        table.add_row(Text("REGRESSION", style="bold red"), reg["message"])
+    for name, summary in results.evaluations.items():
+        table.add_row(name, _summary_text(summary))
+    for reg in results.regressions:
+        table.add_row(Text("REGRESSION", style="bold red"), reg.message)
     return table
 
 
-def _emit(result: dict[str, Any], fmt: OutputFormat, table: Callable[[dict[str, Any]], Table]) -> None:
+def _emit(result: R, fmt: OutputFormat, table: Callable[[R], Table]) -> None:
     if fmt is OutputFormat.json:
-        print_json(result)
+        print_json(as_json(result))
     else:
         console.print(table(result))
 
@@ -580,8 +603,8 @@ def all_command(
     heldout: Heldout = None,
     data: Data = None,
     evals: Annotated[
-        str, typer.Option("--evals", help=f"Which evaluations, comma-separated ({', '.join(suite.EVALS)}).")
-    ] = ",".join(suite.EVALS),
+        str, typer.Option("--evals", help=f"Which evaluations, comma-separated ({', '.join(EVALUATIONS)}).")
+    ] = ",".join(EVALUATIONS),
     mt_bench_data: MtBenchData = None,
     tasks: Tasks = "mmlu",
     tasks_dir: TasksDir = None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,6 +35,7 @@ from labalign.sdg.driver import (
     select_leaves,
 )
 from labalign.sdg.pipeline import Pipeline, PipelineKind, load_pipeline
+from labalign.sdg.stats import GenerationStats
 from labalign.taxonomy import ValidationOptions, load_leaves
 
 data_app = typer.Typer(name="data", help="Inspect generated datasets.", no_args_is_help=True)
@@ -112,7 +112,7 @@ def generate_command(
         teacher_backend = open_teacher(s.teacher.model, s, cache)
         judge_backend = open_teacher(s.sdg.judge, s, cache) if s.sdg.judge else None
         result = asyncio.run(run_generation(jobs, teacher_backend, judge_backend, out, options, err_console))
-    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    stats = GenerationStats.load(out)
     console.print(funnel_table(stats))
     for warning in empty_leaf_warnings(stats):
         console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
@@ -135,7 +135,7 @@ def data_stats(
 
     Example: labalign data stats data/
     """
-    stats = _read_stats(out)
+    stats = GenerationStats.load(out)
     counts: dict[str, dict[str, int]] = {}
     for phase in ("phase1", "phase2"):
         for rec in _read_jsonl(out / f"{phase}.jsonl"):
@@ -143,7 +143,7 @@ def data_stats(
             counts.setdefault(phase, {}).setdefault(variant, 0)
             counts[phase][variant] += 1
     if fmt is OutputFormat.json:
-        print_json({**stats, "records": counts})
+        print_json({**stats.model_dump(by_alias=True, exclude_none=True), "records": counts})
         return
     console.print(funnel_table(stats))
     for phase, by_variant in counts.items():
@@ -177,16 +177,6 @@ def data_show(
         meta = rec["metadata"]
         subtitle = f"{meta.get('variant', '')} · scores {meta.get('scores', {})} · {meta.get('sample', '')}"
         console.print(Panel(body, title=rec["id"], subtitle=Text(subtitle), title_align="left"))
-
-
-def _read_stats(out: Path) -> dict[str, Any]:
-    path = out / "stats.json"
-    if not path.is_file():
-        raise LabalignError(
-            "no stats.json here", path=out, hint="run `labalign generate ... --out` on it first"
-        )
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return data
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -17,8 +17,17 @@ from labalign.cli._common import (
     err_console,
     layered_settings,
 )
+from labalign.manifest import (
+    STAGES,
+    EvaluateSummary,
+    GenerateSummary,
+    Manifest,
+    ReportSummary,
+    StageSummary,
+    TrainSummary,
+    ValidateSummary,
+)
 from labalign.redact import redact_text
-from labalign.run.manifest import STAGES, Manifest
 from labalign.run.profiles import PROFILES, get_profile
 
 
@@ -27,24 +36,24 @@ def _seconds(value: float) -> str:
     return f"{minutes}:{seconds:02d}"
 
 
-def _summary_line(stage: str, summary: dict[str, Any]) -> str:
-    get = summary.get
-    if stage == "validate":
-        return f"{len(get('leaves') or [])} leaves, {get('warnings', 0)} warnings"
-    if stage == "generate":
+def _summary_line(summary: StageSummary | None) -> str:
+    if isinstance(summary, ValidateSummary):
+        return f"{len(summary.leaves)} leaves, {summary.warnings} warnings"
+    if isinstance(summary, GenerateSummary):
         return (
-            f"{get('phase1_records', 0)} phase-1 + {get('phase2_records', 0)} phase-2 records, "
-            f"{get('teacher_calls', 0)} teacher calls"
+            f"{summary.phase1_records} phase-1 + {summary.phase2_records} phase-2 records, "
+            f"{summary.teacher_calls} teacher calls"
         )
-    if stage == "train":
-        return str(get("final", ""))
-    if stage == "evaluate":
-        regressions = get("regressions") or []
-        text = ", ".join(str(e) for e in get("evaluations") or [])
-        skipped = ", ".join(str(e) for e in get("skipped") or {})
-        text += f"; skipped: {skipped}" if skipped else ""
-        return text + (f"; {len(regressions)} regressions flagged" if regressions else "")
-    return str(summary.get("report", ""))
+    if isinstance(summary, TrainSummary):
+        return summary.final
+    if isinstance(summary, EvaluateSummary):
+        text = ", ".join(summary.evaluations)
+        text += f"; skipped: {', '.join(summary.skipped)}" if summary.skipped else ""
+        flagged = len(summary.regressions)
+        return text + (f"; {flagged} regressions flagged" if flagged else "")
+    if isinstance(summary, ReportSummary):
+        return summary.report
+    return ""
 
 
 def stage_table(manifest: Manifest) -> Table:
@@ -56,7 +65,7 @@ def stage_table(manifest: Manifest) -> Table:
     for stage in STAGES:
         record = manifest.stage(stage)
         total += record.seconds
-        result = record.error if record.error else _summary_line(stage, record.summary)
+        result = record.error if record.error else _summary_line(record.summary)
         table.add_row(
             stage,
             f"[{style.get(record.status, 'dim')}]{record.status}[/]",

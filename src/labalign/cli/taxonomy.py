@@ -24,7 +24,6 @@ from labalign.cli._common import (
     taxonomy_and_leaf,
 )
 from labalign.errors import TaxonomyError
-from labalign.sdg.driver import resolve_leaf_documents
 from labalign.taxonomy import (
     Leaf,
     TaxonomyFile,
@@ -37,6 +36,7 @@ from labalign.taxonomy import (
     validate_files,
     validate_paths,
 )
+from labalign.taxonomy.documents import resolve_leaf_documents
 
 app = typer.Typer(
     name="taxonomy", help="Validate, diff, list and show taxonomy leaves.", no_args_is_help=True
@@ -108,7 +108,7 @@ def validate(
     files = require_files(discover(given, include_foundational=options.include_foundational), given)
     result = _validate_with_progress(files, options)
     if fmt is OutputFormat.json:
-        print_json(result.report.as_dict())
+        print_json(result.report.record().model_dump(mode="json"))
     else:
         _print_report(result.report)
     raise typer.Exit(0 if result.report.ok else 1)
@@ -145,7 +145,7 @@ def diff(
     if fmt is OutputFormat.json:
         out: dict[str, object] = {"base": result.base, "changed": [f.relpath for f in result.files]}
         if report is not None:
-            out["validation"] = report.as_dict()
+            out["validation"] = report.record().model_dump(mode="json")
         print_json(out)
     else:
         console.print(f"compared with: {result.base}", highlight=False)

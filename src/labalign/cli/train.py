@@ -81,7 +81,7 @@ class DistributedChoice(StrEnum):
 
 def _train_settings(ctx: typer.Context, flags: dict[str, Any]) -> tuple[Any, Path]:
     """TrainSettings from the `train:` settings section (when the config has one) plus these flags."""
-    from labalign.train.settings import TrainSettings
+    from labalign.settings.train import TrainSettings
 
     s = settings(ctx)
     base = getattr(s, "train", None)
@@ -96,29 +96,6 @@ def _train_settings(ctx: typer.Context, flags: dict[str, Any]) -> tuple[Any, Pat
         err = exc.errors()[0]
         where = ".".join(["train", *(str(p) for p in err["loc"])])  # no loc: a rule across settings
         raise ConfigError(f"setting '{where}': {err['msg']}", hint="check the command-line flags") from exc
-
-
-def _relaunch_args(ctx: typer.Context) -> list[str]:
-    """This command line again, without --nproc, for the processes torch.distributed.run starts."""
-    args: list[str] = []
-    state = ctx.find_root().obj
-    config_file = getattr(state, "config_file", None)
-    if config_file is not None:
-        args += ["--config", str(config_file)]
-    args.append("train")
-    command: Any = ctx.command
-    for param in command.params:
-        value = ctx.params.get(param.name)
-        if param.name == "nproc" or value is None or not param.opts:
-            continue
-        if getattr(param, "is_flag", False):
-            if getattr(param, "secondary_opts", None):
-                args.append(param.opts[0] if value else param.secondary_opts[0])
-            elif value:
-                args.append(param.opts[0])
-        else:
-            args += [param.opts[0], str(value.value if isinstance(value, Enum) else value)]
-    return args
 
 
 def _print_summary(result: Any) -> None:
@@ -260,14 +237,10 @@ def train(
     """
     flags = {name: value for name, value in ctx.params.items() if name in _SETTING_FLAGS}
     train_settings, cache_dir = _train_settings(ctx, flags)
-    from labalign.train.distributed import launch, launched
+    from labalign.train.launch import launch
+    from labalign.train.phases import TrainConfig
 
-    if nproc > 1 and not launched():
-        raise typer.Exit(launch(nproc, _relaunch_args(ctx)))
-    from labalign.train import TrainConfig
-    from labalign.train import train as run_training
-
-    result = run_training(
+    result = launch(
         TrainConfig(
             model=model,
             out=out,
@@ -277,7 +250,8 @@ def train(
             resume=resume,
             cache_dir=cache_dir,
             show_progress=progress,
-        )
+        ),
+        nproc,
     )
     if int(os.environ.get("RANK", "0")) != 0:
         return
@@ -285,18 +259,3 @@ def train(
         print_json(result.as_dict())
     else:
         _print_summary(result)
-
-
-def standalone_app() -> typer.Typer:
-    """The `labalign` root (its --config option and one-line errors) with only this command: what
-    `--nproc` launches, so the launch does not depend on how the full CLI is assembled."""
-    from labalign.cli import _Group, _root
-
-    app = typer.Typer(cls=_Group, name="labalign", pretty_exceptions_enable=False, add_completion=False)
-    app.callback()(_root)
-    app.command("train")(train)
-    return app
-
-
-if __name__ == "__main__":
-    standalone_app()(prog_name="labalign")

@@ -5,18 +5,28 @@ deltas come with bootstrap confidence intervals and win/tie/loss counts."""
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from labalign.evaluate.judge import judge_prompt, parse_rating
 from labalign.evaluate.questions import EvalQuestion
+from labalign.evaluate.results import (
+    BranchDeltas,
+    BranchLeaf,
+    BranchResult,
+    BranchScore,
+    BranchScores,
+    Models,
+    PairedDelta,
+)
 from labalign.evaluate.stats import paired_delta
 from labalign.llm.types import Backend, GenerationParams, LLMRequest, LLMResult, Message
+from labalign.progress import ProgressCallback
 from labalign.textmetrics import rouge_l, token_f1, tokens
 
 METRICS = ("f1", "rouge_l", "judge")
-ProgressCallback = Callable[[str, int, int], None]  # (phase, done, total)
+SOURCES = ("heldout", "generated", "seed")  # where a question came from
 
 
 @dataclass
@@ -97,63 +107,66 @@ async def score_model(
     return scored
 
 
-def _summary(scored: Scored, index: Sequence[int]) -> dict[str, Any]:
-    out: dict[str, Any] = {"n": len(index)}
-    for metric in ("f1", "rouge_l"):
+def _summary(scored: Scored, index: Sequence[int]) -> BranchScores:
+    def mean(metric: str) -> float:
         values = [getattr(scored, metric)[i] for i in index]
-        out[metric] = statistics.fmean(values) if values else 0.0
+        return statistics.fmean(values) if values else 0.0
+
+    out = BranchScores(n=len(index), f1=mean("f1"), rouge_l=mean("rouge_l"))
     if scored.judge:
-        rated = [scored.judge[i] for i in index if scored.judge[i] is not None]
-        out["judge"] = statistics.fmean(v for v in rated if v is not None) if rated else None
-        out["judge_unparseable"] = sum(1 for i in index if scored.judge[i] is None)
+        rated = [r for i in index if (r := scored.judge[i]) is not None]
+        out.judge = statistics.fmean(rated) if rated else None
+        out.judge_unparseable = len(index) - len(rated)
     return out
 
 
-def _deltas(model: Scored, base: Scored, index: Sequence[int]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for metric in ("f1", "rouge_l"):
-        out[metric] = paired_delta(
+def _deltas(model: Scored, base: Scored, index: Sequence[int]) -> BranchDeltas:
+    def delta(metric: str) -> PairedDelta:
+        return paired_delta(
             [getattr(model, metric)[i] for i in index], [getattr(base, metric)[i] for i in index]
-        ).as_dict()
+        ).result()
+
+    out = BranchDeltas(f1=delta("f1"), rouge_l=delta("rouge_l"))
     if model.judge and base.judge:
         both = [i for i in index if model.judge[i] is not None and base.judge[i] is not None]
-        out["judge"] = paired_delta(
+        out.judge = paired_delta(
             [model.judge[i] or 0.0 for i in both], [base.judge[i] or 0.0 for i in both], tie=0.5
-        ).as_dict()
+        ).result()
     return out
+
+
+def _score(model: Scored, base: Scored | None, index: Sequence[int]) -> dict[str, Any]:
+    return {
+        "model": _summary(model, index),
+        "base": _summary(base, index) if base is not None else None,
+        "delta": _deltas(model, base, index) if base is not None else None,
+    }
 
 
 def report(
     questions: Sequence[EvalQuestion], model: Scored, base: Scored | None, judge_identity: str | None
-) -> dict[str, Any]:
-    """Per-leaf and overall scores for both models, as one JSON-able object."""
-    everything = list(range(len(questions)))
+) -> BranchResult:
+    """Per-leaf and overall scores for both models."""
     leaves: dict[str, list[int]] = {}
     for i, q in enumerate(questions):
         leaves.setdefault(q.leaf, []).append(i)
-    out: dict[str, Any] = {
-        "models": {"model": model.identity, "base": base.identity if base else None, "judge": judge_identity},
-        "overall": {"model": _summary(model, everything)},
-        "leaves": [],
-        "errors": {"model": model.errors, "base": base.errors if base else 0},
-    }
-    if base is not None:
-        out["overall"]["base"] = _summary(base, everything)
-        out["overall"]["delta"] = _deltas(model, base, everything)
-    for name, index in leaves.items():
-        entry: dict[str, Any] = {
-            "leaf": name,
-            "kind": questions[index[0]].kind,
-            "sources": {
-                s: sum(1 for i in index if questions[i].source == s) for s in ("heldout", "generated", "seed")
-            },
-            "model": _summary(model, index),
-        }
-        if base is not None:
-            entry["base"] = _summary(base, index)
-            entry["delta"] = _deltas(model, base, index)
-        out["leaves"].append(entry)
-    return out
+    return BranchResult(
+        models=Models(model=model.identity, base=base.identity if base else None, judge=judge_identity),
+        overall=BranchScore(**_score(model, base, range(len(questions)))),
+        leaves=[
+            BranchLeaf(
+                leaf=name,
+                kind=questions[index[0]].kind,
+                sources={
+                    s: sum(1 for i in index if questions[i].source == s)
+                    for s in ("heldout", "generated", "seed")
+                },
+                **_score(model, base, index),
+            )
+            for name, index in leaves.items()
+        ],
+        errors={"model": model.errors, "base": base.errors if base else 0},
+    )
 
 
 def answer_records(

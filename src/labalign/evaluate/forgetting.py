@@ -16,19 +16,28 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from labalign.errors import LabalignError
+from labalign.evaluate.results import (
+    ForgettingDataset,
+    ForgettingDocument,
+    ForgettingResult,
+    Models,
+    Perplexities,
+    StylePerplexity,
+)
 from labalign.evaluate.stats import paired_delta
+from labalign.fileio import write_text_atomic
 from labalign.jsonl import iter_jsonl
+from labalign.progress import ProgressCallback
 
 DEFAULT_THRESHOLD = 0.10
 DEFAULT_WINDOW = 1024  # tokens per forward pass: enough for every shipped document at once
-ProgressCallback = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,7 @@ def _check_head(model: Any, spec: Any, device: Any) -> None:
     we do not know would otherwise give silently wrong perplexities."""
     import torch
 
-    from labalign.train.loss import chunked_cross_entropy_sum
+    from labalign.modeling.loss import chunked_cross_entropy_sum
 
     vocab = spec.weight.shape[0]
     ids = (torch.arange(9, device=device) * 7919 % vocab).unsqueeze(0)
@@ -140,8 +149,8 @@ def load_scoring_model(model_dir: Path) -> tuple[Any, Any, Any, str]:
 
     from labalign.llm.convert import quiet_transformers
     from labalign.llm.hf import model_dir_identity, pick_device, pick_dtype
-    from labalign.train.loss import head_spec
-    from labalign.train.model import load_tokenizer
+    from labalign.modeling.loss import head_spec
+    from labalign.modeling.models import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
     device = pick_device(None)
@@ -185,7 +194,7 @@ def score(
     """Per-document NLL of the model in `model_dir` (in-process, no gradients, batched)."""
     import torch
 
-    from labalign.train.loss import chunked_cross_entropy_sum
+    from labalign.modeling.loss import chunked_cross_entropy_sum
 
     model, tokenizer, spec, identity = load_scoring_model(model_dir)
     device = spec.weight.device
@@ -248,10 +257,7 @@ def score_cached(
         model_dir, docs, window=window, batch_size=batch_size, on_progress=on_progress, label=label
     )
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result.to_json()), encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(result.to_json()))
     return result
 
 
@@ -262,7 +268,7 @@ def compare(
     *,
     threshold: float = DEFAULT_THRESHOLD,
     source: str = "",
-) -> dict[str, Any]:
+) -> ForgettingResult:
     """Both perplexities, their ratio, a per-document paired delta of per-token NLL, and the flag."""
     if tuned.ids_sha256 != base.ids_sha256 or tuned.tokens != base.tokens:
         raise LabalignError(
@@ -270,35 +276,35 @@ def compare(
             hint="perplexities are per token, so the forgetting check needs both models to share a tokenizer",
         )
     ratio = tuned.perplexity / base.perplexity
-    styles: dict[str, dict[str, float]] = {}
+    styles: dict[str, StylePerplexity] = {}
     for style in sorted({d.style for d in docs}):
         index = [i for i, d in enumerate(docs) if d.style == style]
         tokens = sum(tuned.tokens[i] for i in index)
         if tokens:
-            styles[style] = {
-                "model": math.exp(sum(tuned.nll[i] for i in index) / tokens),
-                "base": math.exp(sum(base.nll[i] for i in index) / tokens),
-            }
-    return {
-        "dataset": {"source": source, "documents": len(docs), "tokens": sum(tuned.tokens)},
-        "models": {"model": tuned.identity, "base": base.identity},
-        "model": {"perplexity": tuned.perplexity, "nll_per_token": sum(tuned.nll) / sum(tuned.tokens)},
-        "base": {"perplexity": base.perplexity, "nll_per_token": sum(base.nll) / sum(base.tokens)},
-        "ratio": ratio,
-        "threshold": threshold,
-        "flagged": ratio > 1 + threshold,
+            styles[style] = StylePerplexity(
+                model=math.exp(sum(tuned.nll[i] for i in index) / tokens),
+                base=math.exp(sum(base.nll[i] for i in index) / tokens),
+            )
+    return ForgettingResult(
+        dataset=ForgettingDataset(source=source, documents=len(docs), tokens=sum(tuned.tokens)),
+        models=Models(model=tuned.identity, base=base.identity),
+        model=Perplexities(perplexity=tuned.perplexity, nll_per_token=sum(tuned.nll) / sum(tuned.tokens)),
+        base=Perplexities(perplexity=base.perplexity, nll_per_token=sum(base.nll) / sum(base.tokens)),
+        ratio=ratio,
+        threshold=threshold,
+        flagged=ratio > 1 + threshold,
         # Per-document NLL/token, tuned - base: positive means worse; the CI says how consistent.
-        "delta_nll_per_token": paired_delta(tuned.per_token(), base.per_token(), tie=0.01).as_dict(),
-        "styles": styles,
-        "documents": [
-            {
-                "id": d.id,
-                "style": d.style,
-                "title": d.title,
-                "tokens": tuned.tokens[i],
-                "model": math.exp(tuned.nll[i] / tuned.tokens[i]) if tuned.tokens[i] else None,
-                "base": math.exp(base.nll[i] / base.tokens[i]) if base.tokens[i] else None,
-            }
+        delta_nll_per_token=paired_delta(tuned.per_token(), base.per_token(), tie=0.01).result(),
+        styles=styles,
+        documents=[
+            ForgettingDocument(
+                id=d.id,
+                style=d.style,
+                title=d.title,
+                tokens=tuned.tokens[i],
+                model=math.exp(tuned.nll[i] / tuned.tokens[i]) if tuned.tokens[i] else None,
+                base=math.exp(base.nll[i] / base.tokens[i]) if base.tokens[i] else None,
+            )
             for i, d in enumerate(docs)
         ],
-    }
+    )

@@ -15,19 +15,25 @@ is a regression. The base's scores are cached per machine, as its perplexity is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from labalign.errors import LabalignError
 from labalign.evaluate.loglik import pick_per_byte, score_continuations, score_continuations_cached
+from labalign.evaluate.results import (
+    GeneralKnowledgeDataset,
+    GeneralKnowledgePick,
+    GeneralKnowledgeResult,
+    Models,
+    SubjectAccuracy,
+)
 from labalign.evaluate.stats import paired_delta
 from labalign.jsonl import iter_jsonl
+from labalign.progress import ProgressCallback
 
 PROMPT = "Question: {question}\nAnswer:"
-ProgressCallback = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -131,35 +137,35 @@ def score_cached(
 
 def compare(
     questions: Sequence[Question], tuned: Scores, base: Scores, *, source: str = ""
-) -> dict[str, Any]:
+) -> GeneralKnowledgeResult:
     """Accuracy of both, the paired delta with its 95% interval, per subject, and the regression flag."""
     t, b = tuned.correct(questions), base.correct(questions)
     delta = paired_delta(t, b, tie=0.5)
-    subjects: dict[str, dict[str, float | int]] = {}
+    subjects: dict[str, SubjectAccuracy] = {}
     for subject in sorted({q.subject for q in questions}):
         index = [i for i, q in enumerate(questions) if q.subject == subject]
-        subjects[subject] = {
-            "n": len(index),
-            "base": sum(b[i] for i in index) / len(index),
-            "tuned": sum(t[i] for i in index) / len(index),
-        }
+        subjects[subject] = SubjectAccuracy(
+            n=len(index),
+            base=sum(b[i] for i in index) / len(index),
+            tuned=sum(t[i] for i in index) / len(index),
+        )
     picks_t, picks_b = tuned.picks(questions), base.picks(questions)
-    return {
-        "dataset": {"source": source, "questions": len(questions)},
-        "models": {"model": tuned.identity, "base": base.identity},
-        "metric": "accuracy (log-likelihood per byte of each option, lm-eval's acc_norm)",
-        "n": len(questions),
-        "base": sum(b) / len(b),
-        "tuned": sum(t) / len(t),
-        "delta": delta.mean,
-        "ci_low": delta.low,
-        "ci_high": delta.high,
-        "gained": delta.wins,
-        "lost": delta.losses,
-        "regression": delta.high < 0,
-        "subjects": subjects,
-        "questions": [
-            {"id": q.id, "answer": q.answer, "base": picks_b[i], "tuned": picks_t[i]}
+    return GeneralKnowledgeResult(
+        dataset=GeneralKnowledgeDataset(source=source, questions=len(questions)),
+        models=Models(model=tuned.identity, base=base.identity),
+        metric="accuracy (log-likelihood per byte of each option, lm-eval's acc_norm)",
+        n=len(questions),
+        base=sum(b) / len(b),
+        tuned=sum(t) / len(t),
+        delta=delta.mean,
+        ci_low=delta.low,
+        ci_high=delta.high,
+        gained=delta.wins,
+        lost=delta.losses,
+        regression=delta.high < 0,
+        subjects=subjects,
+        questions=[
+            GeneralKnowledgePick(id=q.id, answer=q.answer, base=picks_b[i], tuned=picks_t[i])
             for i, q in enumerate(questions)
         ],
-    }
+    )

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-ProgressCallback = Callable[[str, int, int], None]
+from labalign.fileio import write_text_atomic
+from labalign.progress import ProgressCallback
 
 
 def score_continuations(
@@ -27,7 +28,7 @@ def score_continuations(
     import torch
 
     from labalign.evaluate.forgetting import load_scoring_model, right_padded_hidden
-    from labalign.train.loss import _logits
+    from labalign.modeling.loss import head_logits
 
     model, tokenizer, spec, identity = load_scoring_model(model_dir)
     device = spec.weight.device
@@ -50,7 +51,7 @@ def score_continuations(
                 (j, p) for j, (_, _, seq, begin) in enumerate(batch) for p in range(begin - 1, len(seq) - 1)
             ]
             index = torch.tensor(where, dtype=torch.long, device=device)
-            logits, _ = _logits(hidden[index[:, 0], index[:, 1]], spec.weight, spec)
+            logits, _ = head_logits(hidden[index[:, 0], index[:, 1]], spec.weight, spec)
             follow = torch.tensor([batch[j][2][p + 1] for j, p in where], device=device)
             token_ll = torch.log_softmax(logits.float(), -1).gather(1, follow[:, None]).squeeze(1)
             sums = torch.zeros(len(batch), dtype=torch.float64, device=device)
@@ -87,10 +88,7 @@ def score_continuations_cached(
         model_dir, items, batch_size=batch_size, on_progress=on_progress, phase=phase
     )
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"identity": identity, "loglik": loglik}), encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps({"identity": identity, "loglik": loglik}))
     return identity, loglik
 
 

@@ -20,14 +20,15 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from labalign.errors import LabalignError
+from labalign.evaluate.results import LmEvalScores
 from labalign.evaluate.unavailable import EvalUnavailable
+from labalign.progress import ProgressCallback
 
-ProgressCallback = Callable[[str, int, int], None]
 DEFAULT_TASKS = ("mmlu",)
 PROGRESS_CHUNK = 256  # requests per progress update; lm-eval still batches and sorts inside each chunk
 GET_DATA_HINT = (
@@ -230,9 +231,9 @@ def evaluate(
     tokenizer: Path | None = None,
     on_progress: ProgressCallback | None = None,
     label: str = "model",
-) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
-    """Run lm-eval `tasks` on `model` (a model spec). Returns a JSON-able summary ({"model", "tasks",
-    "score", "results": {task: {metric: value}}, "n": {task: count}}) and lm-eval's per-sample records.
+) -> tuple[LmEvalScores, dict[str, list[dict[str, Any]]]]:
+    """Run lm-eval `tasks` on `model` (a model spec). Returns the scores (`results`: {task: {metric:
+    value}}, `n`: {task: count}) and lm-eval's per-sample records.
 
     EvalUnavailable when a task's dataset is not available offline; LabalignError for unknown tasks."""
     from labalign.evaluate.models import is_url, weights_dir
@@ -293,17 +294,17 @@ def evaluate(
     for name, v in results.get("n-samples", {}).items():
         counts[name] = int(v.get("effective") or v.get("original") or 0) if isinstance(v, dict) else int(v)
     first = per_task.get(tasks[0], {})
-    summary = {
-        "model": identity,
-        "tasks": list(tasks),
-        "limit": limit,
-        "num_fewshot": num_fewshot,
-        "score": first.get("acc"),
-        "score_stderr": first.get("acc_stderr"),
-        "results": per_task,
-        "groups": sorted(results.get("groups", {})),
-        "n": counts,
-        "lm_eval_version": results.get("lm_eval_version"),
-    }
+    summary = LmEvalScores(
+        model=identity,
+        tasks=list(tasks),
+        limit=limit,
+        num_fewshot=num_fewshot,
+        score=first.get("acc"),
+        score_stderr=first.get("acc_stderr"),
+        results=per_task,
+        groups=sorted(results.get("groups", {})),
+        n=counts,
+        lm_eval_version=results.get("lm_eval_version"),
+    )
     samples: dict[str, list[dict[str, Any]]] = results.get("samples", {})
     return summary, samples

@@ -28,12 +28,12 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from labalign.documents import Chunk
+from labalign.documents.prose import sentences
 from labalign.evaluate.loglik import pick_per_byte
+from labalign.evaluate.results import MmluBranchItem, MmluBranchResult, MmluBranchScore, Models
 from labalign.evaluate.stats import paired_delta
-from labalign.sdg.facts import sentences
 
 OPTIONS = 4
 DEFAULT_MAX_ITEMS = 200  # per leaf; a 4,400-word document gives about 150
@@ -239,39 +239,37 @@ def compare(
     items: Sequence[Item],
     tuned: tuple[str, Sequence[Sequence[float]]],
     base: tuple[str, Sequence[Sequence[float]]],
-) -> dict[str, Any]:
+) -> MmluBranchResult:
     """Accuracy of both models overall and per leaf, the paired delta with its 95% bootstrap interval,
     and every item with both picks (for the report's learned / not learned lists)."""
     tuned_picks, base_picks = picks(items, tuned[1]), picks(items, base[1])
     t = [float(p == item.answer) for p, item in zip(tuned_picks, items, strict=True)]
     b = [float(p == item.answer) for p, item in zip(base_picks, items, strict=True)]
 
-    def summary(index: Sequence[int]) -> dict[str, Any]:
+    def summary(index: Sequence[int]) -> MmluBranchScore:
         delta = paired_delta([t[i] for i in index], [b[i] for i in index], tie=0.5)
-        return {
-            "n": len(index),
-            "base": sum(b[i] for i in index) / len(index),
-            "tuned": sum(t[i] for i in index) / len(index),
-            "delta": delta.mean,
-            "ci_low": delta.low,
-            "ci_high": delta.high,
-            "gained": delta.wins,
-            "lost": delta.losses,
-        }
+        return MmluBranchScore(
+            n=len(index),
+            base=sum(b[i] for i in index) / len(index),
+            tuned=sum(t[i] for i in index) / len(index),
+            delta=delta.mean,
+            ci_low=delta.low,
+            ci_high=delta.high,
+            gained=delta.wins,
+            lost=delta.losses,
+        )
 
     leaves = sorted({item.leaf for item in items})
     overall = summary(range(len(items)))
-    return {
-        "metric": "accuracy (log-likelihood per byte of each option, lm-eval's acc_norm)",
-        "models": {"model": tuned[0], "base": base[0]},
-        "chance": 1 / OPTIONS,
-        **overall,
-        "significant": overall["ci_low"] > 0,
-        "leaves": {
-            leaf: summary([i for i, item in enumerate(items) if item.leaf == leaf]) for leaf in leaves
-        },
-        "items": [
-            {**asdict(item), "base_pick": bp, "tuned_pick": tp}
+    return MmluBranchResult(
+        metric="accuracy (log-likelihood per byte of each option, lm-eval's acc_norm)",
+        models=Models(model=tuned[0], base=base[0]),
+        chance=1 / OPTIONS,
+        **overall.model_dump(),
+        significant=overall.ci_low > 0,
+        leaves={leaf: summary([i for i, item in enumerate(items) if item.leaf == leaf]) for leaf in leaves},
+        items=[
+            MmluBranchItem(**asdict(item), base_pick=bp, tuned_pick=tp)
             for item, bp, tp in zip(items, base_picks, tuned_picks, strict=True)
         ],
-    }
+    )

@@ -28,7 +28,7 @@ def weights_dir(spec: str, cache_dir: Path) -> Path:
     """The Hugging Face directory holding the weights of `spec`: 'default' and .gguf files are converted
     once into the cache. LabalignError for a URL, whose weights are out of reach."""
     from labalign.llm.resolve import parse_spec
-    from labalign.train.phases import resolve_model
+    from labalign.modeling.models import resolve_model
 
     parsed = parse_spec(spec)
     if parsed.kind == "url":

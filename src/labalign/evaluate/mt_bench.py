@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import re
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from labalign.errors import LabalignError
+from labalign.evaluate.results import Models, MtBenchResult, MtBenchScores
 from labalign.evaluate.stats import paired_delta
 from labalign.jsonl import iter_jsonl
 from labalign.llm.types import Backend, GenerationParams, LLMRequest, LLMResult, Message
+from labalign.progress import ProgressCallback
 
-ProgressCallback = Callable[[str, int, int], None]
 NEED_REF_CATEGORIES = ("math", "reasoning", "coding")  # FastChat's NEED_REF_CATS
 REQUIRED_PROMPTS = ("single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn")
 JUDGE_MAX_TOKENS = 1024
@@ -318,7 +319,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return statistics.fmean(rated) if rated else None
 
 
-def summary(graded: Graded, questions: Sequence[Question]) -> dict[str, Any]:
+def summary(graded: Graded, questions: Sequence[Question]) -> MtBenchScores:
     """Overall, turn 1, turn 2 and per-category means of the valid ratings, and the error rate (the share
     of the 2 x N judgments that gave no valid rating, failed generations included)."""
     t1 = [s[0] for s in graded.scores]
@@ -328,30 +329,24 @@ def summary(graded: Graded, questions: Sequence[Question]) -> dict[str, Any]:
     for cat in dict.fromkeys(q.category for q in questions):
         index = [i for i, q in enumerate(questions) if q.category == cat]
         categories[cat] = _mean([s for i in index for s in graded.scores[i]])
-    return {
-        "overall": _mean(t1 + t2),
-        "turn1": _mean(t1),
-        "turn2": _mean(t2),
-        "categories": categories,
-        "judgments": total,
-        "errors": sum(v is None for v in t1 + t2),
-        "error_rate": sum(v is None for v in t1 + t2) / total if total else 0.0,
-        "answer_errors": graded.answers.errors,
-    }
+    errors = sum(v is None for v in t1 + t2)
+    return MtBenchScores(
+        overall=_mean(t1 + t2),
+        turn1=_mean(t1),
+        turn2=_mean(t2),
+        categories=categories,
+        judgments=total,
+        errors=errors,
+        error_rate=errors / total if total else 0.0,
+        answer_errors=graded.answers.errors,
+    )
 
 
 def report(
     questions: Sequence[Question], tuned: Graded, base: Graded | None, judge_identity: str, source: Path
-) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "models": {"model": tuned.answers.identity, "base": base.answers.identity if base else None},
-        "judge": judge_identity,
-        "data": str(source),
-        "questions": len(questions),
-        "model": summary(tuned, questions),
-    }
+) -> MtBenchResult:
+    delta = None
     if base is not None:
-        out["base"] = summary(base, questions)
         # Paired over the (question, turn) judgments that both models got a valid rating for.
         pairs = [
             (a, b)
@@ -359,8 +354,16 @@ def report(
             for a, b in zip(ta, tb, strict=True)
             if a is not None and b is not None
         ]
-        out["delta"] = paired_delta([a for a, _ in pairs], [b for _, b in pairs], tie=0.5).as_dict()
-    return out
+        delta = paired_delta([a for a, _ in pairs], [b for _, b in pairs], tie=0.5).result()
+    return MtBenchResult(
+        models=Models(model=tuned.answers.identity, base=base.answers.identity if base else None),
+        judge=judge_identity,
+        data=str(source),
+        questions=len(questions),
+        model=summary(tuned, questions),
+        base=summary(base, questions) if base is not None else None,
+        delta=delta,
+    )
 
 
 def records(questions: Sequence[Question], tuned: Graded, base: Graded | None) -> list[dict[str, Any]]:

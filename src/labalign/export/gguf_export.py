@@ -31,7 +31,7 @@ import numpy as np
 
 from labalign.errors import LabalignError
 from labalign.export.gguf_vocab import GgufVocab, read_vocab
-from labalign.progress import PhaseCallback
+from labalign.progress import ProgressCallback
 
 
 class Quant(StrEnum):
@@ -75,7 +75,7 @@ def export_gguf(
     out: Path,
     quant: Quant = Quant.f16,
     *,
-    on_progress: PhaseCallback | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> ExportResult:
     """Write `model_dir` (a Hugging Face causal LM folder, weights merged) as the GGUF file `out`."""
     import gguf
@@ -281,7 +281,7 @@ def _add_tensors(
     config: dict[str, Any],
     state: dict[str, Any],
     base: Quant,
-    on_progress: PhaseCallback | None,
+    on_progress: ProgressCallback | None,
 ) -> int:
     import gguf
     import torch
@@ -367,7 +367,7 @@ def _captured_stderr() -> Iterator[list[str]]:
             said.append(sink.read().decode("utf-8", "replace"))
 
 
-def _quantize(source: Path, out: Path, quant: Quant, on_progress: PhaseCallback | None) -> list[str]:
+def _quantize(source: Path, out: Path, quant: Quant, on_progress: ProgressCallback | None) -> list[str]:
     """llama.cpp's own quantizer (llama_model_quantize), on the float16 file just written; returns what
     it said a user should know (tensors whose rows the k-quants cannot take, quantized otherwise)."""
     try:

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from labalign.errors import LabalignError
-from labalign.llm.types import Backend, Choice, LLMRequest, LLMResult, ResultCallback
+from labalign.llm.types import Backend, Choice, LLMRequest, LLMResult, ResultCallback, resolve_identity
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -218,7 +218,7 @@ class CachedBackend:
             return []
         if self._identity is None:
             # Identity may be slow (hashing a model file, asking a server): keep it off the loop.
-            self._identity = await asyncio.to_thread(lambda: self._inner.identity)
+            self._identity = await resolve_identity(self._inner)
         identity = self._identity
         keys = [r.cache_key(identity) for r in todo]
         found = await asyncio.to_thread(self.cache.get_many, keys)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from labalign.config import default_cache_dir
 from labalign.errors import LabalignError
 from labalign.llm.chat_template import DEFAULT_CHAT_TEMPLATE
+from labalign.paths import default_cache_dir
 
 MARKER = "labalign-conversion.json"
 """Written last into a converted directory: the source GGUF's sha256, so a rerun can skip the work."""

@@ -36,8 +36,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from labalign.errors import LabalignError
 from labalign.llm.chat_template import DEFAULT_CHAT_TEMPLATE, DEFAULT_STOP
 from labalign.llm.convert import check_gguf, file_sha256, gguf_metadata
+from labalign.llm.hints import LLAMA_CPP_HINT
 from labalign.llm.local_queue import SerialWorker, derive_seed
-from labalign.llm.resolve import LLAMA_CPP_HINT
 from labalign.llm.types import Choice, LLMCallError, LLMError, LLMRequest, LLMResult, Message, ResultCallback
 
 # Context used when none is given, capped by the model's own: the KV cache of a 32k context would cost

@@ -13,11 +13,10 @@ import ipaddress
 import json
 import os
 import random
-import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import openai
@@ -32,7 +31,6 @@ from labalign.llm.retry import (
     parse_retry_after,
     retry_wait,
 )
-from labalign.llm.settings import LLMSettings
 from labalign.llm.types import (
     Choice,
     ErrorKind,
@@ -44,6 +42,9 @@ from labalign.llm.types import (
     ResultCallback,
 )
 from labalign.redact import redact_text
+from labalign.settings.llm import LLMSettings
+
+T = TypeVar("T")
 
 _URL_HINT = "use the server's OpenAI-compatible base URL, e.g. http://localhost:8000/v1"
 
@@ -92,6 +93,22 @@ class _Failure(Exception):
         self.kind: ErrorKind = kind
         self.message = message
         self.retry_after = retry_after
+
+
+class _GaveUp(Exception):
+    """The last failure of a call that will not be tried again, and how many attempts it had."""
+
+    def __init__(self, failure: _Failure, attempts: int) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+        self.attempts = attempts
+
+    def call_error(self, context: str = "") -> LLMCallError:
+        return LLMCallError(LLMError(self.failure.kind, context + self.failure.message, self.attempts))
+
+
+def _internal(exc: Exception) -> _Failure:
+    return _Failure("internal", f"{type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -150,8 +167,22 @@ class OpenAIBackend:
 
     @property
     def identity(self) -> str:
-        """`openai:{base_url}:{model}`; resolving the model may list the server's models once."""
-        model = self._model if self._model is not None else self._resolve_model_sync()
+        """`openai:{base_url}:{model}`. Inside an event loop, await `identify()` first when the model is
+        not configured; outside one, this lists the server's models once itself."""
+        if self._model is None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                self._resolve_model_outside_loop()
+            else:
+                raise RuntimeError("OpenAIBackend.identity inside an event loop: await identify() first")
+        return self._identity_of(self._model)
+
+    async def identify(self) -> str:
+        """The identity, asking the server for its model (asynchronously) when none is configured."""
+        return self._identity_of(await self.resolve_model())
+
+    def _identity_of(self, model: str | None) -> str:
         suffix = "" if self._settings.use_chat_endpoint else ":default-template"
         return f"openai:{redact_text(self.base_url)}:{model}{suffix}"  # a cache key: no credentials
 
@@ -209,30 +240,34 @@ class OpenAIBackend:
         state = await self._state()
         model = await self.resolve_model()
         single = replace(request, params=replace(request.params, n=1))
-        attempts = 0
-        bad_bodies = 0
-        while True:
-            attempts += 1
-            started = False
+
+        async def opened() -> tuple[contextlib.AsyncExitStack, str | None, AsyncIterator[str]]:
+            stack = contextlib.AsyncExitStack()
             try:
+                await stack.enter_async_context(state.semaphore)
                 # aclosing: a consumer that stops early must close the HTTP stream now, not at GC.
-                async with (
-                    state.semaphore,
-                    contextlib.aclosing(self._stream_attempt(state, single, model)) as pieces,
-                ):
-                    async for piece in pieces:
-                        started = True
-                        yield piece
+                pieces = await stack.enter_async_context(
+                    contextlib.aclosing(self._stream_attempt(state, single, model))
+                )
+                return stack, await anext(pieces, None), pieces
+            except BaseException:
+                await stack.aclose()
+                raise
+
+        try:
+            (stack, first, pieces), attempts = await self._retrying(opened)
+        except _GaveUp as gave_up:
+            raise gave_up.call_error() from None
+        async with stack:
+            if first is None:
                 return
-            except _Failure as exc:
-                failure = exc
-            except Exception as exc:  # a bug below us: reported like any other failure
-                failure = _Failure("internal", f"{type(exc).__name__}: {exc}")
-            bad_bodies += failure.kind == "bad_response"
-            # Once text is out, a retry would repeat it: the caller gets the error instead.
-            if started or not self._should_retry(failure, attempts, bad_bodies):
-                raise LLMCallError(LLMError(failure.kind, failure.message, attempts))
-            await asyncio.sleep(self._wait(attempts, failure))
+            yield first
+            try:
+                async for piece in pieces:
+                    yield piece
+            except Exception as exc:  # once text is out, a retry would repeat it: the caller gets it
+                failure = exc if isinstance(exc, _Failure) else _internal(exc)
+                raise LLMCallError(LLMError(failure.kind, failure.message, attempts)) from None
 
     async def aclose(self) -> None:
         """Close the connection pool of the running loop (other loops close theirs as they end)."""
@@ -253,61 +288,38 @@ class OpenAIBackend:
         return self._model
 
     async def _list_first_model(self, state: _LoopState) -> str:
-        attempts = 0
-        bad_bodies = 0
-        while True:
-            attempts += 1
-            try:
-                async with state.semaphore, asyncio.timeout(self._settings.request_timeout_s):
-                    raw = await _call(state.client.models.with_raw_response.list())
-                return _first_model(raw.content)
-            except TimeoutError:
-                failure = _Failure("timeout", f"no model list within {self._settings.request_timeout_s:g} s")
-            except _Failure as exc:
-                failure = exc
-            bad_bodies += failure.kind == "bad_response"
-            if not self._should_retry(failure, attempts, bad_bodies):
-                raise LLMCallError(
-                    LLMError(
-                        failure.kind,
-                        f"listing models at {redact_text(self.base_url)}: {failure.message}",
-                        attempts,
-                    )
-                )
-            await asyncio.sleep(self._wait(attempts, failure))
+        timeout = self._settings.request_timeout_s
 
-    def _resolve_model_sync(self) -> str:
-        """For the synchronous `identity`: list models with a short-lived synchronous client."""
-        client = openai.OpenAI(
-            base_url=self.base_url,
-            api_key=self._api_key,
-            max_retries=0,
-            timeout=self._settings.request_timeout_s,
-        )
-        attempts = 0
-        bad_bodies = 0
+        async def listed() -> str:
+            try:
+                async with state.semaphore, asyncio.timeout(timeout):
+                    raw = await _call(state.client.models.with_raw_response.list())
+            except TimeoutError:
+                raise _Failure("timeout", f"no model list within {timeout:g} s") from None
+            return _first_model(raw.content)
+
         try:
-            while True:
-                attempts += 1
-                try:
-                    try:
-                        raw = client.models.with_raw_response.list()
-                    except openai.OpenAIError as exc:
-                        _raise_failure(exc)
-                    model = _first_model(raw.content)
-                    break
-                except _Failure as failure:
-                    bad_bodies += failure.kind == "bad_response"
-                    if not self._should_retry(failure, attempts, bad_bodies):
-                        raise LabalignError(
-                            f"cannot list the models of {redact_text(self.base_url)}: {failure.message}",
-                            hint="is the server running? Or name the model in settings llm.model_name",
-                        ) from None
-                    time.sleep(self._wait(attempts, failure))
-        finally:
-            client.close()
-        self._model = model
+            model, _ = await self._retrying(listed)
+        except _GaveUp as gave_up:
+            raise gave_up.call_error(f"listing models at {redact_text(self.base_url)}: ") from None
         return model
+
+    def _resolve_model_outside_loop(self) -> None:
+        """For the synchronous `identity` outside any event loop: one short-lived loop lists the models."""
+
+        async def resolve() -> None:
+            try:
+                await self.resolve_model()
+            finally:
+                await self.aclose()
+
+        try:
+            asyncio.run(resolve())
+        except LLMCallError as exc:
+            raise LabalignError(
+                f"cannot list the models of {redact_text(self.base_url)}: {exc.error.message}",
+                hint="is the server running? Or name the model in settings llm.model_name",
+            ) from None
 
     # -- one request -------------------------------------------------------------------------------
 
@@ -346,33 +358,45 @@ class OpenAIBackend:
             rng=self._rng,
         )
 
-    async def _run_one(self, state: _LoopState, request: LLMRequest, model: str) -> LLMResult:
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+        """`attempt()` again after each retryable failure, waiting out backoff or Retry-After, until it
+        succeeds (its value and the attempts it took) or gives up (_GaveUp with the last failure). The
+        one retry loop of this backend: requests, streams and the model list all go through it."""
         attempts = 0
         bad_bodies = 0
         while True:
             attempts += 1
             try:
+                return await attempt(), attempts
+            except _Failure as exc:
+                failure = exc
+            except Exception as exc:  # a bug below us fails this call, not the batch
+                failure = _internal(exc)
+            bad_bodies += failure.kind == "bad_response"
+            if not self._should_retry(failure, attempts, bad_bodies):
+                raise _GaveUp(failure, attempts)
+            await asyncio.sleep(self._wait(attempts, failure))
+
+    async def _run_one(self, state: _LoopState, request: LLMRequest, model: str) -> LLMResult:
+        timeout = self._settings.request_timeout_s
+
+        async def answered() -> tuple[tuple[Choice, ...], int, int]:
+            try:
                 # The slot is held for the attempt only: a request waiting out its backoff leaves it
                 # to others. The timeout starts once the slot is ours, so queueing is not counted.
                 async with state.semaphore:
-                    async with asyncio.timeout(self._settings.request_timeout_s):
-                        choices, prompt_tokens, completion_tokens = await self._attempt(state, request, model)
-                return LLMResult(
-                    request=request,
-                    choices=choices,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                )
+                    async with asyncio.timeout(timeout):
+                        return await self._attempt(state, request, model)
             except TimeoutError:
-                failure = _Failure("timeout", f"no answer within {self._settings.request_timeout_s:g} s")
-            except _Failure as exc:
-                failure = exc
-            except Exception as exc:  # a bug below us must fail this request, not the batch
-                failure = _Failure("internal", f"{type(exc).__name__}: {exc}")
-            bad_bodies += failure.kind == "bad_response"
-            if not self._should_retry(failure, attempts, bad_bodies):
-                return LLMResult(request=request, error=LLMError(failure.kind, failure.message, attempts))
-            await asyncio.sleep(self._wait(attempts, failure))
+                raise _Failure("timeout", f"no answer within {timeout:g} s") from None
+
+        try:
+            (choices, prompt_tokens, completion_tokens), _ = await self._retrying(answered)
+        except _GaveUp as gave_up:
+            return LLMResult(request=request, error=gave_up.call_error().error)
+        return LLMResult(
+            request=request, choices=choices, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+        )
 
     def _endpoint_args(self, request: LLMRequest, model: str) -> tuple[bool, dict[str, Any]]:
         """(use chat endpoint, keyword arguments of the SDK call) for one request."""

@@ -17,18 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from labalign.config import default_cache_dir
 from labalign.errors import LabalignError
+from labalign.llm.hints import LLAMA_CPP_HINT
+from labalign.paths import default_cache_dir
 
 if TYPE_CHECKING:
     from labalign.llm.cache import CachedBackend
-    from labalign.llm.settings import LLMSettings
     from labalign.llm.types import Backend
+    from labalign.settings.llm import LLMSettings
 
 Prefer = Literal["auto", "llamacpp", "transformers"]
 SpecKind = Literal["default", "gguf", "hf_dir", "url"]
 
-LLAMA_CPP_HINT = "pip install llama-cpp-python (it compiles llama.cpp: about 10 minutes on 2 cores)"
 TRANSFORMERS_HINT = "pip install torch 'transformers>=4.56' gguf sentencepiece"
 
 SPEC_FORMS = (
@@ -113,7 +113,7 @@ def open_backend(
 
     if parsed.kind == "url":
         from labalign.llm.openai_backend import OpenAIBackend
-        from labalign.llm.settings import LLMSettings
+        from labalign.settings.llm import LLMSettings
 
         return OpenAIBackend(parsed.value, settings=settings if settings is not None else LLMSettings())
 
@@ -171,7 +171,7 @@ def _transformers(model_dir: Path, settings: LLMSettings | None) -> Backend:
             f"running a Hugging Face model needs transformers and torch ({exc.name} is not installed)",
             hint=TRANSFORMERS_HINT,
         ) from exc
-    from labalign.llm.settings import LLMSettings
+    from labalign.settings.llm import LLMSettings
 
     batch = (settings or LLMSettings()).local_batch_size
     return TransformersBackend(model_dir, batch_size=batch)

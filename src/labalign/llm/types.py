@@ -7,6 +7,7 @@ bad request never sinks a batch.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -164,3 +165,13 @@ class Backend(Protocol):
     async def aclose(self) -> None:
         """Release connections, threads and model memory."""
         ...
+
+
+async def resolve_identity(backend: Backend) -> str:
+    """The backend's identity without blocking the event loop: a backend that must ask a server for
+    its model does so asynchronously (its `identify()`); the others may hash a model file, which runs
+    in a thread."""
+    identify = getattr(backend, "identify", None)
+    if identify is not None:
+        return str(await identify())
+    return await asyncio.to_thread(lambda: backend.identity)

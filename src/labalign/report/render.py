@@ -8,7 +8,6 @@ Every piece of text from the run (leaf names, samples, errors) goes through Jinj
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from collections.abc import Callable, Iterator
@@ -20,12 +19,16 @@ from typing import Any, TypeVar
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
+from pydantic import ValidationError
 
 from labalign import __version__
 from labalign.errors import LabalignError
+from labalign.fileio import write_text_atomic
 from labalign.jsonl import iter_jsonl
+from labalign.manifest import STAGES, Manifest, StageSummary, ValidateSummary, load_manifest
 from labalign.redact import redact_text
-from labalign.run.manifest import STAGES, Manifest, load_manifest
+from labalign.sdg.stats import STATS_FILE, GenerationStats
+from labalign.taxonomy.problems import ValidationRecord
 
 REPORT_FILE = "report.html"
 SAMPLES_PER_LEAF = 3
@@ -38,8 +41,6 @@ READ_ERRORS = (OSError, ValueError, KeyError, TypeError, LabalignError)
 # Settings keys whose values must not travel in a report that is mailed around.
 _SECRET_KEY = re.compile(r"(api_?key|secret|password|token)$", re.IGNORECASE)
 _URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-_TEXT_NODE = re.compile(r"(?<=>)[^<>]+(?=<)")
-_DELTA = re.compile(r"([+-]\d+(?:\.\d+)?) (\[[+-]\d+(?:\.\d+)?, [+-]\d+(?:\.\d+)?\])")
 
 T = TypeVar("T")
 
@@ -53,7 +54,7 @@ class StageView:
     started: str | None = None
     finished: str | None = None
     error: str | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: StageSummary | None = None
 
 
 @dataclass
@@ -90,9 +91,7 @@ def render_report(run_dir: Path) -> Path:
         )
     html = _environment().get_template("report.html.j2").render(**build_context(run_dir, manifest))
     out = run_dir / REPORT_FILE
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(redact_text(html), encoding="utf-8")  # no URL credentials, whatever a section quotes
-    os.replace(tmp, out)  # a reader never sees half a report
+    write_text_atomic(out, redact_text(html))  # no URL credentials, whatever a section quotes
     return out
 
 
@@ -104,8 +103,8 @@ def build_context(run_dir: Path, manifest: Manifest) -> dict[str, Any]:
     train = Section(stages["train"])
     evaluate = Section(stages["evaluate"])
     timings = Section(stages["report"])
-    stats = generate.guard("data/stats.json", lambda: _read_json(run_dir / "data" / "stats.json"))
-    validation = validate.guard("validation.json", lambda: _read_json(run_dir / "validation.json"))
+    stats = generate.guard("data/stats.json", lambda: _generation_stats(run_dir / "data"))
+    validation = validate.guard("validation.json", lambda: _read_validation(run_dir / "validation.json"))
     validate.data = validate.guard("the leaves", lambda: _leaves(stages, validation, stats)) or {}
     generate.data = generate.guard("data/stats.json", lambda: _funnel(stats)) or {}
     generate.data["samples"] = generate.guard(
@@ -201,6 +200,18 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise LabalignError("not a JSON object", path=path)
     return data
+
+
+def _read_validation(path: Path) -> ValidationRecord | None:
+    data = _read_json(path)
+    if data is None:
+        return None
+    try:
+        return ValidationRecord.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise LabalignError(f"not a validation report ({where}: {first['msg']})", path=path) from exc
 
 
 def _head_jsonl(path: Path, n: int) -> list[dict[str, Any]]:
@@ -331,19 +342,21 @@ def _next_steps(run_dir: Path, manifest: Manifest, stages: dict[str, StageView])
     }
 
 
-def _leaves(stages: dict[str, StageView], validation: Any, stats: Any) -> dict[str, Any]:
+def _leaves(
+    stages: dict[str, StageView], validation: ValidationRecord | None, stats: GenerationStats | None
+) -> dict[str, Any]:
     summary = stages["validate"].summary
+    validated = summary if isinstance(summary, ValidateSummary) else None
     problems: list[dict[str, Any]] = []
     by_leaf: dict[str, tuple[int, int]] = {}
-    for file in (validation or {}).get("files", []):
-        path = str(file["path"])
-        errors, warnings = file.get("errors", []), file.get("warnings", [])
-        by_leaf[path.removesuffix("/qna.yaml")] = (len(errors), len(warnings))
-        for severity, found in (("error", errors), ("warning", warnings)):
-            problems += [{"path": path, "severity": severity, **p} for p in found]
-    generated = {str(leaf["leaf"]): leaf for leaf in (stats or {}).get("leaves", [])}
+    for file in validation.files if validation else []:
+        by_leaf[file.path.removesuffix("/qna.yaml")] = (len(file.errors), len(file.warnings))
+        for severity, found in (("error", file.errors), ("warning", file.warnings)):
+            problems += [{"path": file.path, "severity": severity, **p.model_dump()} for p in found]
+    generated = {leaf.leaf: leaf for leaf in stats.leaves} if stats is not None else {}
     rows = []
-    listed = summary.get("leaves") or [{"name": name} for name in generated]
+    listed: list[dict[str, Any]] = [leaf.model_dump() for leaf in validated.leaves] if validated else []
+    listed = listed or [{"name": name} for name in generated]
     for leaf in listed:
         name = str(leaf["name"])
         counts = by_leaf.get(name)
@@ -354,8 +367,8 @@ def _leaves(stages: dict[str, StageView], validation: Any, stats: Any) -> dict[s
                 "kind": leaf.get("kind") or "-",
                 "seed_examples": leaf.get("seed_examples"),
                 "document": _document(leaf.get("document")),
-                "kept": gen.get("kept") if gen else None,
-                "heldout": gen.get("heldout") if gen else None,
+                "kept": gen.kept if gen else None,
+                "heldout": gen.heldout if gen else None,
                 "errors": counts[0] if counts else None,
                 "warnings": counts[1] if counts else None,
             }
@@ -363,8 +376,8 @@ def _leaves(stages: dict[str, StageView], validation: Any, stats: Any) -> dict[s
     return {
         "leaves": rows,
         "problems": problems,
-        "errors": summary.get("errors", (validation or {}).get("errors")),
-        "warnings": summary.get("warnings"),
+        "errors": validated.errors if validated else validation.errors if validation else None,
+        "warnings": validated.warnings if validated else None,
     }
 
 
@@ -378,46 +391,49 @@ def _document(document: Any) -> str:
     return str(document)
 
 
-def _leaf_names(leaves: dict[str, Any], stats: Any) -> list[str]:
+def _leaf_names(leaves: dict[str, Any], stats: GenerationStats | None) -> list[str]:
     names = [str(leaf["name"]) for leaf in leaves.get("leaves", [])]
-    names += [str(leaf["leaf"]) for leaf in (stats or {}).get("leaves", []) if str(leaf["leaf"]) not in names]
+    names += [leaf.leaf for leaf in (stats.leaves if stats is not None else []) if leaf.leaf not in names]
     return names
 
 
-def _funnel(stats: Any) -> dict[str, Any]:
+def _generation_stats(data_dir: Path) -> GenerationStats | None:
+    return GenerationStats.load(data_dir) if (data_dir / STATS_FILE).is_file() else None
+
+
+def _funnel(stats: GenerationStats | None) -> dict[str, Any]:
     if stats is None:
         return {}
-    leaves = []
-    for leaf in stats.get("leaves", []):
+    leaves: list[dict[str, Any]] = []
+    for leaf in stats.leaves:
         stages = []
-        widest = max([1, *(max(int(s["in"]), int(s["out"])) for s in leaf.get("stages", []))])
+        widest = max([1, *(max(s.rows_in, s.rows_out) for s in leaf.stages)])
         dropped_total = 0
-        for stage in leaf.get("stages", []):
-            rows_in, rows_out = int(stage["in"]), int(stage["out"])
-            dropped = {str(k): int(v) for k, v in stage.get("dropped", {}).items() if v}
+        for stage in leaf.stages:
+            dropped = {k: v for k, v in stage.dropped.items() if v}
             dropped_total += sum(dropped.values())
             stages.append(
                 {
-                    "block": stage["block"],
-                    "in": rows_in,
-                    "out": rows_out,
+                    "block": stage.block,
+                    "in": stage.rows_in,
+                    "out": stage.rows_out,
                     "dropped": dropped,
-                    "kept_without_output": stage.get("kept_without_output") or {},
-                    "out_pct": round(100 * rows_out / widest, 1),
-                    "lost_pct": round(100 * max(0, rows_in - rows_out) / widest, 1),
+                    "kept_without_output": stage.kept_without_output or {},
+                    "out_pct": round(100 * stage.rows_out / widest, 1),
+                    "lost_pct": round(100 * max(0, stage.rows_in - stage.rows_out) / widest, 1),
                 }
             )
         leaves.append(
             {
-                "leaf": str(leaf["leaf"]),
-                "kept": int(leaf.get("kept", 0)),
-                "heldout": int(leaf.get("heldout", 0)),
-                "rounds": leaf.get("rounds"),
-                "facts": leaf.get("facts"),
-                "fact_sentences": leaf.get("fact_sentences"),
-                "unasked_facts": [str(f) for f in leaf.get("unasked_facts") or []],
-                "teacher_calls": leaf.get("teacher_calls"),
-                "teacher_tokens": leaf.get("teacher_tokens"),
+                "leaf": leaf.leaf,
+                "kept": leaf.kept,
+                "heldout": leaf.heldout,
+                "rounds": leaf.rounds,
+                "facts": leaf.facts,
+                "fact_sentences": leaf.fact_sentences,
+                "unasked_facts": leaf.unasked_facts,
+                "teacher_calls": leaf.teacher_calls,
+                "teacher_tokens": leaf.teacher_tokens,
                 "dropped_total": dropped_total,
                 "stages": stages,
             }
@@ -428,14 +444,14 @@ def _funnel(stats: Any) -> dict[str, Any]:
     from labalign.report.charts import funnel_chart
 
     return {
-        "teacher": _redact(stats.get("teacher")),
-        "judge": _redact(stats.get("judge")),
-        "seed": stats.get("seed"),
-        "samples_per_leaf": stats.get("samples_per_leaf"),
-        "phase1_records": stats.get("phase1_records"),
-        "phase2_records": stats.get("phase2_records"),
-        "teacher_calls": sum(int(leaf["teacher_calls"] or 0) for leaf in leaves),
-        "teacher_tokens": sum(int(leaf["teacher_tokens"] or 0) for leaf in leaves),
+        "teacher": _redact(stats.teacher),
+        "judge": _redact(stats.judge),
+        "seed": stats.seed,
+        "samples_per_leaf": stats.samples_per_leaf,
+        "phase1_records": stats.phase1_records,
+        "phase2_records": stats.phase2_records,
+        "teacher_calls": sum(leaf.teacher_calls for leaf in stats.leaves),
+        "teacher_tokens": sum(leaf.teacher_tokens for leaf in stats.leaves),
         "leaves": leaves,
         "chart": funnel_chart(charted) if leaves else None,
         "chart_partial": len(charted) < len(leaves),
@@ -506,19 +522,23 @@ def _sample(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _training(train_dir: Path, section: Section) -> dict[str, Any]:
+    from labalign.train.summary import SUMMARY_FILE, TrainResult, load_phase
     from labalign.train.trainlog import read_log  # tolerant of a partial last line (a running stage)
 
     log = section.guard("train/training_log.jsonl", lambda: read_log(train_dir / "training_log.jsonl")) or []
-    summary = section.guard("train/summary.json", lambda: _read_json(train_dir / "summary.json"))
+    summary = section.guard(
+        "train/summary.json",
+        lambda: TrainResult.load(train_dir) if (train_dir / SUMMARY_FILE).is_file() else None,
+    )
     phases: list[dict[str, Any]] = []
-    if isinstance(summary, dict):
-        phases = [dict(p) for p in summary.get("phases", [])]
+    if summary is not None:
+        phases = [p.model_dump() for p in summary.phases]
     else:
         # No summary yet: the phases that finished left done.json, the running one only its log.
         for done in sorted(train_dir.glob("*/done.json")):
-            record = section.guard(f"train/{done.parent.name}/done.json", partial(_read_json, done))
-            if isinstance(record, dict):
-                phases.append(record)
+            record = section.guard(f"train/{done.parent.name}/done.json", partial(load_phase, done))
+            if record is not None:
+                phases.append(record.model_dump())
     logged = list(dict.fromkeys(str(r.get("phase")) for r in log if r.get("event") == "train"))
     finished = {str(p.get("phase")) for p in phases}
     for name in logged:
@@ -546,9 +566,9 @@ def _training(train_dir: Path, section: Section) -> dict[str, Any]:
         "budget": budget,
         "final": str(final) if final.is_dir() else None,
         "adapter": (final / "adapter_config.json").is_file(),
-        "interpolation": summary.get("interpolation", 1.0) if isinstance(summary, dict) else 1.0,
+        "interpolation": summary.interpolation if summary is not None else 1.0,
         # interpolation auto: each weight tried and its held-out general perplexity ratio
-        "tried": summary.get("interpolation_candidates") or [] if isinstance(summary, dict) else [],
+        "tried": summary.interpolation_candidates if summary is not None else [],
         "heldout": any(r.get("heldout_loss") is not None for r in log),
     }
 
@@ -577,25 +597,12 @@ def _loss_chart(log: list[dict[str, Any]], phases: list[str], train_dir: Path) -
 def _evaluation(eval_dir: Path, section: Section) -> dict[str, Any]:
     if not eval_dir.is_dir():
         return {"html": None}
-    from labalign.evaluate.html import section as evaluation_html
+    from labalign.report.evaluation import section as evaluation_html
 
     html = section.guard("the evaluation results", lambda: evaluation_html(eval_dir))
     if not html:
         return {"html": None}
-    # The fragment is built (and its text escaped) by the evaluation package. Its table is wide, so in
-    # text between tags only (never attributes or data URIs): leaf paths may wrap after a slash, and a
-    # delta's confidence interval goes under its mean.
-    html = _TEXT_NODE.sub(_breakable_text, html)
-    return {"html": Markup(html)}
-
-
-def _breakable_text(match: re.Match[str]) -> str:
-    text = match.group(0)
-    delta = _DELTA.fullmatch(text)
-    if delta:
-        return f'{delta.group(1)}<br><span class="ci">{delta.group(2)}</span>'
-    # Only names: "16/2/0" (wins/ties/losses) must stay whole.
-    return text.replace("/", "/<wbr>") if any(c.isalpha() for c in text) else text
+    return {"html": Markup(html)}  # built and escaped by report.evaluation, final as it is
 
 
 def _timings(

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from labalign.config import Settings
-from labalign.sdg.driver import resolve_leaf_documents
 from labalign.taxonomy import Leaf
+from labalign.taxonomy.documents import resolve_leaf_documents
 
 _CHUNK = 1 << 20
 

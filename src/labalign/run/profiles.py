@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labalign.errors import LabalignError
+from labalign.evaluate.names import EVALUATIONS
 
-EVALUATIONS = ("branch", "forgetting", "general-knowledge", "mmlu-branch", "open-book", "mt-bench", "mmlu")
 KNOWLEDGE_EVALS = ("branch", "forgetting", "general-knowledge", "mmlu-branch")
 
 

@@ -18,9 +18,9 @@ from labalign.dirlock import locked
 from labalign.errors import LabalignError
 from labalign.evaluate.questions import default_heldout_dir
 from labalign.interrupts import stop_promptly
+from labalign.manifest import STAGES, Manifest, StageRecord, load_manifest, now
 from labalign.redact import redact_argv, redact_data
 from labalign.run.inputs import changed_inputs, changed_settings, collect_inputs, fingerprint, subset
-from labalign.run.manifest import STAGES, Manifest, StageRecord, load_manifest, now
 from labalign.run.profiles import Profile
 from labalign.run.stages import STAGE_FUNCTIONS, RunContext
 
@@ -129,7 +129,7 @@ class Runner:
         record.fingerprint, record.error = fp, None
         record.attempts += 1
         if ctx.fresh:
-            record.seconds, record.attempts, record.summary = 0.0, 1, {}
+            record.seconds, record.attempts, record.summary = 0.0, 1, None
         self.manifest.save(self.run_dir)
         self.console.rule(f"[bold]{name}[/]" + ("" if ctx.fresh else " (resuming)"))
         start = time.monotonic()

@@ -5,21 +5,32 @@ training through its checkpoints, evaluation through its answer cache)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
-from labalign.config import Settings, settings_as_yaml
+from labalign.config import Settings
 from labalign.errors import LabalignError
+from labalign.fileio import write_text_atomic
+from labalign.manifest import (
+    EvaluateSummary,
+    GeneralReplayInfo,
+    GenerateSummary,
+    GgufExport,
+    LeafEntry,
+    LeafKept,
+    PhaseBrief,
+    ReportSummary,
+    StageSummary,
+    TrainSummary,
+    ValidateSummary,
+)
 from labalign.progress import phase_progress
 from labalign.run.profiles import Profile
+from labalign.sdg.stats import GenerationStats
 from labalign.taxonomy import Leaf, ValidationOptions, validate_paths
 from labalign.taxonomy.validate import raise_for_errors
 
@@ -48,12 +59,10 @@ class RunContext:
         return self.settings.teacher.model
 
 
-def validate(ctx: RunContext) -> dict[str, Any]:
+def validate(ctx: RunContext) -> ValidateSummary:
     result = validate_paths([ctx.taxonomy], ValidationOptions.from_settings(ctx.settings))
     report = result.report
-    (ctx.run_dir / "validation.json").write_text(
-        json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    write_text_atomic(ctx.run_dir / "validation.json", report.record().model_dump_json(indent=2) + "\n")
     raise_for_errors(result)
     if not result.leaves:
         raise LabalignError(
@@ -64,23 +73,23 @@ def validate(ctx: RunContext) -> dict[str, Any]:
     ctx.leaves = result.leaves
     for line in report.lines():
         ctx.console.print(line, highlight=False, soft_wrap=True, markup=False)
-    return {
-        "leaves": [
-            {
-                "name": leaf.name,
-                "kind": leaf.kind,
-                "seed_examples": len(leaf.seed_examples),
-                "document": leaf.document.repo if leaf.document else None,
-            }
+    return ValidateSummary(
+        leaves=[
+            LeafEntry(
+                name=leaf.name,
+                kind=leaf.kind,
+                seed_examples=len(leaf.seed_examples),
+                document=leaf.document.repo if leaf.document else None,
+            )
             for leaf in result.leaves
         ],
-        "files": len(report.files),
-        "errors": report.error_count,
-        "warnings": report.warning_count,
-    }
+        files=len(report.files),
+        errors=report.error_count,
+        warnings=report.warning_count,
+    )
 
 
-def generate(ctx: RunContext) -> dict[str, Any]:
+def generate(ctx: RunContext) -> GenerateSummary:
     from labalign.sdg.driver import (
         empty_leaf_warnings,
         funnel_table,
@@ -100,7 +109,7 @@ def generate(ctx: RunContext) -> dict[str, Any]:
     teacher = open_teacher(s.teacher.model, s, cache)
     judge = open_teacher(s.sdg.judge, s, cache) if s.sdg.judge else None
     result = asyncio.run(run_generation(jobs, teacher, judge, out, options_from_settings(s), ctx.console))
-    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    stats = GenerationStats.load(out)
     ctx.console.print(funnel_table(stats))
     for warning in empty_leaf_warnings(stats):
         ctx.console.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
@@ -110,64 +119,61 @@ def generate(ctx: RunContext) -> dict[str, Any]:
             path=out / "stats.json",
             hint="use a stronger teacher (--teacher http://host:port/v1) or more samples per leaf",
         )
-    return {
-        "phase1_records": len(result.phase1),
-        "phase2_records": len(result.phase2),
-        "teacher_calls": sum(int(leaf["teacher_calls"]) for leaf in stats["leaves"]),
-        "leaves": {
-            leaf["leaf"]: {"kept": leaf["kept"], "heldout": leaf["heldout"]} for leaf in stats["leaves"]
-        },
-    }
+    return GenerateSummary(
+        phase1_records=len(result.phase1),
+        phase2_records=len(result.phase2),
+        teacher_calls=sum(leaf.teacher_calls for leaf in stats.leaves),
+        leaves={leaf.leaf: LeafKept(kept=leaf.kept, heldout=leaf.heldout) for leaf in stats.leaves},
+    )
 
 
 def _phase_file(path: Path) -> Path | None:
     return path if path.is_file() and path.stat().st_size > 0 else None
 
 
-def train(ctx: RunContext) -> dict[str, Any]:
+def train(ctx: RunContext) -> TrainSummary:
     out = ctx.run_dir / TRAIN
     if ctx.fresh and out.exists():
         shutil.rmtree(out)  # checkpoints of other data or settings must not be resumed
     data = ctx.run_dir / DATA
     phase1, phase2 = _phase_file(data / "phase1.jsonl"), _phase_file(data / "phase2.jsonl")
     replay, replay_summary = _general_replay(ctx)
-    if ctx.nproc > 1:
-        _train_processes(ctx, out, phase1, phase2, replay)
-    else:
-        from labalign.train import TrainConfig
-        from labalign.train import train as run_training
+    from labalign.train.launch import launch
+    from labalign.train.phases import TrainConfig
 
-        run_training(
-            TrainConfig(
-                model=ctx.student,
-                out=out,
-                phase1=phase1,
-                phase2=phase2,
-                replay=replay,
-                settings=ctx.settings.train,
-                resume=True,  # a no-op on an empty folder; continues an interrupted attempt
-                cache_dir=ctx.settings.cache_dir,
-            )
-        )
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    keys = ("phase", "steps", "samples", "tokens", "seconds", "heldout_loss", "best_step", "general_ratio")
-    return {
-        "final": str(out / "final"),
-        "phases": [{k: p.get(k) for k in keys} for p in summary.get("phases", [])],
-        **({"general_replay": replay_summary} if replay_summary else {}),
-    }
+    result = launch(
+        TrainConfig(
+            model=ctx.student,
+            out=out,
+            phase1=phase1,
+            phase2=phase2,
+            replay=replay,
+            settings=ctx.settings.train,
+            resume=True,  # a no-op on an empty folder; continues an interrupted attempt
+            cache_dir=ctx.settings.cache_dir,
+        ),
+        ctx.nproc,
+    )
+    return TrainSummary(
+        final=str(out / "final"),
+        phases=[
+            PhaseBrief.model_validate(p.model_dump(include=set(PhaseBrief.model_fields)))
+            for p in result.phases
+        ],
+        general_replay=replay_summary,
+    )
 
 
-def _general_replay(ctx: RunContext) -> tuple[Path | None, dict[str, Any]]:
+def _general_replay(ctx: RunContext) -> tuple[Path | None, GeneralReplayInfo | None]:
     """The general replay file training mixes in: the user's (train.replay_data), or text the base
     student writes itself from labalign's openings, cached per machine (a second run asks nothing)."""
     s = ctx.settings.train
     if s.replay_ratio <= 0:
-        return None, {}
+        return None, None
     if s.replay_data:
-        return Path(s.replay_data).expanduser(), {"source": s.replay_data}
+        return Path(s.replay_data).expanduser(), GeneralReplayInfo(source=s.replay_data)
+    from labalign.modeling.models import resolve_model
     from labalign.sdg.general_replay import ReplayOptions, generate_general_replay
-    from labalign.train.phases import resolve_model
 
     cache_dir = ctx.settings.cache_dir
     path = ctx.run_dir / DATA / "general_replay.jsonl"
@@ -189,33 +195,18 @@ def _general_replay(ctx: RunContext) -> tuple[Path | None, dict[str, Any]]:
         f"general replay: {summary['records']} texts by the base student ({summary['hits']} from the cache)",
         highlight=False,
     )
-    return path, {"source": "base model", **summary}
+    return path, GeneralReplayInfo.model_validate({"source": "base model", **summary})
 
 
-def _train_processes(
-    ctx: RunContext, out: Path, phase1: Path | None, phase2: Path | None, replay: Path | None
-) -> None:
-    """`labalign train --nproc N` in child processes (torch.distributed.run), with this run's settings."""
-    config = ctx.run_dir / "settings.yaml"
-    config.write_text(settings_as_yaml(ctx.settings), encoding="utf-8")
-    args = [sys.executable, "-m", "labalign", "--config", str(config), "train", "--model", ctx.student]
-    args += ["--out", str(out), "--resume", "--nproc", str(ctx.nproc)]
-    for flag, path in (("--phase1", phase1), ("--phase2", phase2), ("--replay-data", replay)):
-        if path is not None:
-            args += [flag, str(path)]
-    code = subprocess.call(args)
-    if code != 0:
-        raise LabalignError(f"distributed training failed (exit code {code})", path=out)
-
-
-def evaluate(ctx: RunContext) -> dict[str, Any]:
+def evaluate(ctx: RunContext) -> EvaluateSummary:
+    from labalign.evaluate.results import Skipped
     from labalign.evaluate.suite import EvalPlan, evaluate_all
 
     out = ctx.run_dir / EVAL
     if ctx.fresh and out.exists():
         shutil.rmtree(out)  # cached answers belong to the model that was there before
     out.mkdir(parents=True, exist_ok=True)
-    from labalign.train.phases import resolve_model
+    from labalign.modeling.models import resolve_model
 
     plan = EvalPlan(
         model=str(ctx.run_dir / TRAIN / "final"),
@@ -233,22 +224,18 @@ def evaluate(ctx: RunContext) -> dict[str, Any]:
     )
     with phase_progress(ctx.console, transient=False) as on_progress:
         results = evaluate_all(plan, ctx.settings, on_progress=on_progress)
-    evaluations = results.get("evaluations", {})
-    return {
-        "evaluations": sorted(
-            k for k, v in evaluations.items() if not (isinstance(v, dict) and "skipped" in v)
-        ),
-        "skipped": {
-            k: v["skipped"] for k, v in evaluations.items() if isinstance(v, dict) and "skipped" in v
-        },
-        "regressions": results.get("regressions", []),
-    }
+    evaluations = results.evaluations.items()
+    return EvaluateSummary(
+        evaluations=sorted(k for k, v in evaluations if not isinstance(v, Skipped)),
+        skipped={k: v.skipped for k, v in evaluations if isinstance(v, Skipped)},
+        regressions=[r.message for r in results.regressions],
+    )
 
 
-def report(ctx: RunContext) -> dict[str, Any]:
+def report(ctx: RunContext) -> ReportSummary:
     from labalign.report import render_report
 
-    summary: dict[str, Any] = {}
+    gguf = None
     quant = ctx.settings.train.export_gguf
     final = ctx.run_dir / TRAIN / "final"
     if quant is not None and not (final / "config.json").is_file():
@@ -262,11 +249,11 @@ def report(ctx: RunContext) -> dict[str, Any]:
 
         ctx.console.print(f"exporting {final} to GGUF ({quant})", highlight=False)
         result = export_gguf(final, ctx.run_dir / TRAIN / "final.gguf", Quant(quant))
-        summary["gguf"] = {"path": str(result.path), "quant": str(result.quant), "bytes": result.bytes}
-    return {"report": str(render_report(ctx.run_dir)), **summary}
+        gguf = GgufExport(path=str(result.path), quant=str(result.quant), bytes=result.bytes)
+    return ReportSummary(report=str(render_report(ctx.run_dir)), gguf=gguf)
 
 
-STAGE_FUNCTIONS: dict[str, Callable[[RunContext], dict[str, Any]]] = {
+STAGE_FUNCTIONS: dict[str, Callable[[RunContext], StageSummary]] = {
     "validate": validate,
     "generate": generate,
     "train": train,

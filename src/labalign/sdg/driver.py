@@ -3,10 +3,8 @@ settings, the teacher behind the request cache, progress bars per leaf, and the 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
@@ -14,20 +12,14 @@ from rich.table import Table
 from rich.text import Text
 
 from labalign.config import Settings
-from labalign.documents import (
-    DocumentFile,
-    DocumentSource,
-    chunk_documents,
-    read_document,
-    resolve_documents,
-    token_counter,
-)
+from labalign.documents import token_counter
 from labalign.errors import LabalignError
 from labalign.llm.types import Backend
 from labalign.sdg.generate import GenerateOptions, GenerateResult, LeafInput, generate
 from labalign.sdg.pipeline import Pipeline, PipelineKind
-from labalign.sdg.stats import failed_calls
+from labalign.sdg.stats import STATS_FILE, GenerationStats, LeafFunnel
 from labalign.taxonomy import Leaf
+from labalign.taxonomy.documents import leaf_documents
 
 
 def select_leaves(leaves: list[Leaf], wanted: Sequence[str] | None) -> list[Leaf]:
@@ -47,47 +39,13 @@ def select_leaves(leaves: list[Leaf], wanted: Sequence[str] | None) -> list[Leaf
     return chosen
 
 
-def resolve_leaf_documents(
-    source: DocumentSource, leaf_dir: Path, taxonomy_root: Path, s: Settings
-) -> list[DocumentFile] | None:
-    """A leaf's document files per the settings (cache, offline, size limit, the folders local
-    documents may come from: the taxonomy root and documents.allowed_roots); None: offline + remote."""
-    return resolve_documents(
-        source,
-        base_dir=leaf_dir,
-        cache_dir=s.cache_dir,
-        allowed_roots=(taxonomy_root, *s.documents.allowed_roots),
-        offline=s.taxonomy.offline,
-        max_file_bytes=int(s.documents.max_file_mb * 2**20),
-    )
-
-
 def leaf_inputs(leaves: list[Leaf], s: Settings) -> list[LeafInput]:
     """Each leaf with its document chunks (knowledge), resolved and chunked per the settings."""
     count = token_counter(s.documents.tokenizer)
     jobs: list[LeafInput] = []
     for leaf in leaves:
-        if leaf.document is None:
-            jobs.append(LeafInput(leaf))
-            continue
-        files = resolve_leaf_documents(leaf.document, leaf.path.parent, leaf.taxonomy_root, s)
-        if files is None:
-            raise LabalignError(
-                f"documents of {leaf.name} are remote and not cached, and --offline is set",
-                path=leaf.path,
-                hint="run once without --offline to fetch them",
-            )
-        for f in files:
-            read_document(f)  # fail early, naming the file, before any teacher call
-        chunks = chunk_documents(files, max_tokens=s.documents.chunk_tokens, count_tokens=count)
-        if s.sdg.max_chunks is not None:
-            chunks = chunks[: s.sdg.max_chunks]
-        doc = {
-            "repo": leaf.document.repo,
-            "commit": files[0].commit if files else leaf.document.commit,
-            "patterns": list(leaf.document.patterns),
-        }
-        jobs.append(LeafInput(leaf, chunks, doc))
+        docs = leaf_documents(leaf, s, count)
+        jobs.append(LeafInput(leaf) if docs is None else LeafInput(leaf, docs.chunks, docs.provenance))
     return jobs
 
 
@@ -164,10 +122,10 @@ async def run_generation(
 def _raise_if_every_call_failed(out: Path) -> None:
     """A teacher that answered nothing (down, wrong URL, wrong key) is an error, not an empty dataset
     that training would then run on. What was generated stays; a rerun asks only what is missing."""
-    stats_path = out / "stats.json"
+    stats_path = out / STATS_FILE
     if not stats_path.is_file():
         return
-    calls, failed, kinds = failed_calls(json.loads(stats_path.read_text(encoding="utf-8")))
+    calls, failed, kinds = GenerationStats.load(out).failed_calls()
     if calls and failed >= calls:
         why = ", ".join(f"{kind} {n}" for kind, n in kinds.most_common())
         raise LabalignError(
@@ -178,41 +136,40 @@ def _raise_if_every_call_failed(out: Path) -> None:
         )
 
 
-def funnel_table(stats: dict[str, Any]) -> Table:
+def funnel_table(stats: GenerationStats) -> Table:
     """stats.json as a table: per leaf, each stage's rows in and out and why rows were dropped."""
     table = Table(title="generation funnel")
     for name in ("leaf / stage", "in", "out", "dropped (why)"):
         table.add_column(name, justify="right" if name in ("in", "out") else "left", overflow="fold")
-    for leaf in stats["leaves"]:
+    for leaf in stats.leaves:
         table.add_section()
         table.add_row(
-            Text(leaf["leaf"], style="bold"),
+            Text(leaf.leaf, style="bold"),
             "",
-            str(leaf["kept"]),
+            str(leaf.kept),
             "kept for training"
-            + (f" ({leaf['facts']} fact questions{_sentences_asked(leaf)})" if leaf.get("facts") else "")
-            + f", {leaf['heldout']} held out, {leaf['rounds']} rounds, "
-            f"{leaf['teacher_calls']} teacher calls",
+            + (f" ({leaf.facts} fact questions{_sentences_asked(leaf)})" if leaf.facts else "")
+            + f", {leaf.heldout} held out, {leaf.rounds} rounds, "
+            f"{leaf.teacher_calls} teacher calls",
         )
-        for stage in leaf["stages"]:
-            why = ", ".join(f"{k} {v}" for k, v in stage["dropped"].items() if v)
-            table.add_row(Text("  " + stage["block"]), str(stage["in"]), str(stage["out"]), Text(why))
+        for stage in leaf.stages:
+            why = ", ".join(f"{k} {v}" for k, v in stage.dropped.items() if v)
+            table.add_row(Text("  " + stage.block), str(stage.rows_in), str(stage.rows_out), Text(why))
     return table
 
 
-def _sentences_asked(leaf: dict[str, Any]) -> str:
-    total = int(leaf.get("fact_sentences") or 0)  # absent in stats.json written before it was counted
-    if not total:
+def _sentences_asked(leaf: LeafFunnel) -> str:
+    if not leaf.fact_sentences:
         return ""
-    return f" on {total - len(leaf.get('unasked_facts') or [])} of {total} sentences"
+    return f" on {leaf.fact_sentences - len(leaf.unasked_facts)} of {leaf.fact_sentences} sentences"
 
 
-def empty_leaf_warnings(stats: dict[str, Any]) -> list[str]:
+def empty_leaf_warnings(stats: GenerationStats) -> list[str]:
     """One line per leaf that produced nothing, naming the stage that lost most rows."""
     out = []
-    for leaf in stats["leaves"]:
-        if leaf["kept"] == 0:
-            worst = max(leaf["stages"], key=lambda s: s["in"] - s["out"], default=None)
-            where = f"; most rows were lost at {worst['block']} ({worst['dropped']})" if worst else ""
-            out.append(f"leaf {leaf['leaf']} produced no samples{where}")
+    for leaf in stats.leaves:
+        if leaf.kept == 0:
+            worst = max(leaf.stages, key=lambda s: s.rows_in - s.rows_out, default=None)
+            where = f"; most rows were lost at {worst.block} ({worst.dropped})" if worst else ""
+            out.append(f"leaf {leaf.leaf} produced no samples{where}")
     return out

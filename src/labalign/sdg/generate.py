@@ -11,21 +11,21 @@ import asyncio
 import functools
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from labalign.documents import Chunk
-from labalign.llm.types import Backend
+from labalign.fileio import atomic_path
+from labalign.llm.types import Backend, resolve_identity
 from labalign.sdg import facts, mix
 from labalign.sdg.blocks import BlockContext, LLMBlockConfig, run_block
 from labalign.sdg.dedup import DedupMethod, NearDuplicates, near_duplicate_index
 from labalign.sdg.pipeline import Pipeline, PipelineConfig, PipelineKind, builtin_pipeline
 from labalign.sdg.rows import ROW_ID, Row, stable_int
 from labalign.sdg.seeding import rows_for_round, seed_texts
-from labalign.sdg.stats import LeafStats
+from labalign.sdg.stats import GenerationStats, LeafStats
 from labalign.taxonomy import Leaf
 
 # (leaf, block, rows done, rows total): drives the progress display.
@@ -165,7 +165,9 @@ async def _run_leaf(
     if options.oversample is not None:
         config = config.model_copy(update={"oversample": options.oversample})
     stats = LeafStats(leaf.name)
-    chat = options.chat if options.chat is not None else teacher.identity.startswith("openai:")
+    chat = options.chat
+    if chat is None:
+        chat = (await resolve_identity(teacher)).startswith("openai:")
     texts = seed_texts(leaf)
     ctx = BlockContext(
         leaf=leaf.name,
@@ -318,12 +320,9 @@ def _provenance(
 
 def write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
     """Atomic: a kill never leaves a half-written file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for rec in records:
             f.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 async def generate(
@@ -390,15 +389,12 @@ def _heldout(row: Row, leaf: Leaf) -> dict[str, Any]:
 
 
 def write_stats(result: GenerateResult, teacher: Backend, judge: Backend, options: GenerateOptions) -> None:
-    data = {
-        "teacher": teacher.identity,
-        "judge": judge.identity,
-        "seed": options.seed,
-        "samples_per_leaf": options.samples_per_leaf,
-        "phase1_records": len(result.phase1),
-        "phase2_records": len(result.phase2),
-        "leaves": [s.as_dict() for s in result.stats],
-    }
-    tmp = result.out_dir / "stats.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, result.out_dir / "stats.json")
+    GenerationStats(
+        teacher=teacher.identity,
+        judge=judge.identity,
+        seed=options.seed,
+        samples_per_leaf=options.samples_per_leaf,
+        phase1_records=len(result.phase1),
+        phase2_records=len(result.phase2),
+        leaves=[s.record() for s in result.stats],
+    ).save(result.out_dir)

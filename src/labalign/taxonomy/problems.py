@@ -4,9 +4,38 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
 
 Severity = Literal["error", "warning"]
+
+
+class ProblemRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    line: int
+    column: int
+    yaml_path: str
+    message: str
+
+
+class FileRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str  # relative to the taxonomy root
+    errors: list[ProblemRecord]
+    warnings: list[ProblemRecord]
+
+
+class ValidationRecord(BaseModel):
+    """A validation report as written (`labalign run`'s validation.json, `labalign taxonomy validate
+    --format json`) and read back (the run report)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: list[FileRecord]
+    errors: int
 
 
 @dataclass(frozen=True)
@@ -19,13 +48,10 @@ class Problem:
     yaml_path: str
     message: str
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "line": self.line,
-            "column": self.column,
-            "yaml_path": self.yaml_path,
-            "message": self.message,
-        }
+    def record(self) -> ProblemRecord:
+        return ProblemRecord(
+            line=self.line, column=self.column, yaml_path=self.yaml_path, message=self.message
+        )
 
 
 @dataclass
@@ -52,12 +78,12 @@ class FileReport:
     def sort(self) -> None:
         self.problems.sort(key=lambda p: (p.line, p.column, p.severity != "error"))
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.relpath,
-            "errors": [p.as_dict() for p in self.errors],
-            "warnings": [p.as_dict() for p in self.warnings],
-        }
+    def record(self) -> FileRecord:
+        return FileRecord(
+            path=self.relpath,
+            errors=[p.record() for p in self.errors],
+            warnings=[p.record() for p in self.warnings],
+        )
 
 
 @dataclass
@@ -78,8 +104,8 @@ class ValidationReport:
     def ok(self) -> bool:
         return self.error_count == 0
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"files": [f.as_dict() for f in self.files], "errors": self.error_count}
+    def record(self) -> ValidationRecord:
+        return ValidationRecord(files=[f.record() for f in self.files], errors=self.error_count)
 
     def lines(self) -> list[str]:
         """`path:line:column: [yaml.path] message` for every problem, errors marked as such."""

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from labalign import yamlsafe
-from labalign.config import Settings, TaxonomySettings, default_cache_dir
+from labalign.config import Settings, TaxonomySettings
 from labalign.documents import DocumentError, DocumentSource, resolve_documents, token_counter
 from labalign.documents.convert import check_readable
 from labalign.errors import LabalignError, TaxonomyError
+from labalign.paths import default_cache_dir
 from labalign.taxonomy import checks, schema
 from labalign.taxonomy.discover import LEAF_FILE, TaxonomyFile, discover, require_files
 from labalign.taxonomy.leaf import Leaf, build_leaf

@@ -16,8 +16,6 @@ The result is cached on disk by model, tokens and k: a resumed or repeated run r
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from labalign.train.loss import _logits, default_chunk_tokens, head_spec
+from labalign.fileio import atomic_path
+from labalign.modeling.loss import default_chunk_tokens, head_logits, head_spec
 from labalign.train.packing import build_pack, pack_step
 from labalign.train.tokenize import Anchors, TokenizedData
 
@@ -72,15 +71,8 @@ def _read(path: Path) -> BaseTargets | None:
 
 
 def _write(path: Path, targets: BaseTargets) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, ids=targets.ids, logp=targets.logp, nll=targets.nll)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @torch.no_grad()
@@ -120,7 +112,7 @@ def compute_base_targets(
         with torch.autocast(device.type, enabled=False):
             for start in range(0, batch.tokens, chunk):
                 h = hidden[start : start + chunk].to(compute_dtype)
-                logits, _ = _logits(h, weight, spec)
+                logits, _ = head_logits(h, weight, spec)
                 lsm = torch.log_softmax(logits, dim=-1)
                 top = lsm.topk(k, dim=-1)
                 rows = where[start : start + chunk]

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from labalign.errors import LabalignError
+from labalign.fileio import write_text_atomic
 from labalign.train.model import Student
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -195,9 +196,7 @@ def drop_after(roots: list[Path], step: int) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def read_json(path: Path) -> Any:

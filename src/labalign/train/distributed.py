@@ -1,17 +1,14 @@
 """Data parallelism: one process per device (GPU with NCCL, or CPU cores with gloo), with DDP or FSDP
 (train/fsdp.py).
 
-`labalign train --nproc N` re-launches itself under torch.distributed.run; under `torchrun` or
-`accelerate launch` the environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR...) is already set.
+`labalign.train.launch` starts the processes (torch.distributed.run); under `torchrun` or `accelerate
+launch` the environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR...) is already set.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-import subprocess
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,27 +94,6 @@ def gather_objects(ctx: DistContext, obj: Any) -> list[Any]:
     out: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def launched() -> bool:
-    """True inside torchrun / accelerate launch (the launcher already started the processes)."""
-    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Run `python -m labalign.cli.train <argv>` in `nproc` processes on this machine; the exit status."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "labalign.cli.train",
-        *argv,
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.run(command, env=env, check=False).returncode
 
 
 def parallelism(setting: str, ctx: DistContext) -> str:

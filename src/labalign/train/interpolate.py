@@ -2,11 +2,9 @@
 
 WiSE-FT (Wortsman et al. 2022, arXiv 2109.01903): tuning moves the weights far along directions that
 fit the new data; stepping part of the way back keeps most of what was learned and much of what the
-base knew. On the quick profile (the same trained run, runs/s9a, re-merged at each w; token F1 on the
-100 held-out knowledge questions, 95% CI; general-text perplexity as a multiple of the base's):
-w 1.0: +0.091 [+0.025, +0.157], 11.6x; w 0.75: +0.097 [+0.033, +0.158], 3.8x; w 0.5: +0.037
-[-0.020, +0.091], 1.7x. Skills lost a little at 0.75 (+0.501 -> +0.450, +0.185 -> +0.173). With
-training seed 1 (runs/s12): w 1.0: +0.116 [+0.047, +0.185], 9.8x; w 0.75: +0.141 [+0.079, +0.207], 3.4x.
+base knew. On the quick profile without general replay, w 0.75 kept the held-out knowledge gain
+(+0.097 against +0.091 token F1 at w 1) with a third of the forgetting (general-text perplexity 3.8x
+the base's against 11.6x); w 0.5 lost most of the gain (+0.037). Figures: docs/results.md.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The distillation anchor: KL(base || tuned) over the vocabulary, chunked through the LM head like the
-cross-entropy (labalign.train.loss), against the base model's top-k next-token log-probabilities.
+cross-entropy (labalign.modeling.loss), against the base model's top-k next-token log-probabilities.
 
 The base's distribution is stored as its k most likely tokens per position plus the rest of its mass
 as one "tail" outcome (precomputed once per replay set: labalign.train.anchor). The KL is then taken
@@ -18,16 +18,16 @@ from typing import Any
 
 import torch
 
-from labalign.train.loss import (
+from labalign.modeling.loss import (
     _BUFFERS,
     GRAD_FILTER_EPS,
     MAX_KEPT_FRACTION,
     HeadGrads,
     HeadSpec,
-    _logits,
     _pad_rows,
     default_chunk_tokens,
     head_backward,
+    head_logits,
 )
 
 TINY = 1e-12
@@ -69,7 +69,7 @@ class _ChunkedLinearKL(torch.autograd.Function):
                 rows = len(ids)
                 h = _pad_rows(hidden[start : start + chunk].to(compute_dtype))
                 out = _BUFFERS.get(h.shape[0], w.shape[0], acc_dtype, h.device)
-                logits, tanh = _logits(h, w, spec, out)
+                logits, tanh = head_logits(h, w, spec, out)
                 logits -= logits.amax(1, keepdim=True)
                 shifted_top = logits[:rows].gather(1, ids)
                 exps = logits.exp_()

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from labalign.settings.train import TrainSettings
 from labalign.train import checkpoint as ckpt
 from labalign.train.distributed import (
     DistContext,
@@ -33,7 +34,7 @@ from labalign.train.general import GeneralValidation
 from labalign.train.model import CausalLMLoss, Student, bf16_enabled, load_student, merged_state_dict
 from labalign.train.packing import build_pack, epoch_order, pack_step, steps_of
 from labalign.train.plots import plot_losses
-from labalign.train.settings import TrainSettings
+from labalign.train.summary import PhaseResult
 from labalign.train.tokenize import TokenizedData, TokenStats
 from labalign.train.trainlog import LogWriter, read_log
 
@@ -68,27 +69,6 @@ class PhaseSpec:
 
     def epoch_size(self) -> int:
         return len(self.train) if self.replay_draws is None else (self.own or 0) + len(self.replay_draws[0])
-
-
-@dataclass
-class PhaseResult:
-    phase: str
-    steps: int
-    samples: int  # samples seen (epochs x training samples)
-    tokens: int  # tokens seen
-    seconds: float
-    best_step: int
-    best_dir: str
-    heldout_loss: float | None  # of the best checkpoint
-    score: float | None  # evaluator score of the best checkpoint
-    train_samples: int
-    heldout_samples: int
-    data: dict[str, int] = field(default_factory=dict)
-    general_ratio: float | None = None  # the best checkpoint's general-text perplexity / the base's
-    candidates: list[dict[str, Any]] = field(default_factory=list)  # every checkpoint and its scores
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def lr_factor(step: int, *, warmup: int, total: int, kind: str) -> float:

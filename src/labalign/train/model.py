@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from labalign.errors import LabalignError
-from labalign.llm.chat_template import ensure_chat_template
+from labalign.modeling.loss import HeadSpec, chunked_cross_entropy_sum, head_logits, head_spec
+from labalign.modeling.models import load_tokenizer
+from labalign.settings.train import TrainSettings
 from labalign.train import attention
-from labalign.train.loss import HeadSpec, _logits, chunked_cross_entropy_sum, head_spec
-from labalign.train.settings import TrainSettings
 
 ADAPTER = "default"
 
@@ -62,19 +62,6 @@ class Student:
 
     def trainable(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.module.named_parameters() if p.requires_grad}
-
-
-def load_tokenizer(path: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
-        raise LabalignError(
-            f"cannot load the tokenizer: {exc}", path=path, hint="pass a Hugging Face model directory"
-        ) from exc
-    ensure_chat_template(tokenizer)  # a base model trains with the template the LLM layer prompts with
-    return tokenizer
 
 
 def load_student(
@@ -220,7 +207,7 @@ def verify_head(student: Student) -> None:
         expected = lm(input_ids=ids, position_ids=positions, use_cache=False).logits.float()
         spec: HeadSpec = head_spec(lm)
         hidden = lm.get_decoder()(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
-        ours, _ = _logits(hidden[0], spec.weight, spec)
+        ours, _ = head_logits(hidden[0], spec.weight, spec)
     finally:
         lm.train(was_training)
     if not torch.allclose(

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from labalign.modeling.loss import IGNORE
 from labalign.train.tokenize import IntArray, TokenizedData
-
-IGNORE = -100
 
 
 @dataclass(frozen=True)

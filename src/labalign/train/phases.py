@@ -4,7 +4,6 @@ stacked in one phase; held-out splits, resume, the final checkpoint, plots and t
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -13,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from labalign.config import default_cache_dir
 from labalign.errors import LabalignError
+from labalign.modeling.models import load_tokenizer, resolve_model
+from labalign.paths import default_cache_dir
+from labalign.settings.train import TrainSettings
 from labalign.train import auto_interpolation
 from labalign.train import checkpoint as ckpt
 from labalign.train.anchor import BaseTargets, base_targets
@@ -22,14 +23,17 @@ from labalign.train.data import read_samples
 from labalign.train.distributed import DistContext, barrier, broadcast_object, init_distributed, shutdown
 from labalign.train.general import GeneralValidation, replay_epochs, split_general, validation
 from labalign.train.interpolate import interpolate_checkpoint
-from labalign.train.loop import Evaluator, PhaseResult, PhaseSpec, run_phase
-from labalign.train.model import attn_implementation, bf16_enabled, load_student, load_tokenizer
+from labalign.train.loop import Evaluator, PhaseSpec, run_phase
+from labalign.train.model import attn_implementation, bf16_enabled, load_student
 from labalign.train.plots import plot_losses
-from labalign.train.settings import TrainSettings
+from labalign.train.summary import SUMMARY_FILE, PhaseResult, TrainResult
 from labalign.train.tokenize import TokenizedData, TokenStats, load_tokenized
 from labalign.train.trainlog import LogWriter, read_log, truncate_log
 
 RUN_FILE = "run.json"
+# The typed config labalign.train.launch writes for its worker processes: part of this start, not a
+# trace of an earlier run.
+LAUNCH_FILE = "launch.json"
 
 
 @dataclass
@@ -48,46 +52,6 @@ class TrainConfig:
     evaluator: Evaluator | None = None
     cache_dir: Path | None = None  # tokenized data and the default model; None: the user cache
     show_progress: bool = True
-
-
-@dataclass
-class TrainResult:
-    out: Path
-    final: Path
-    phases: list[PhaseResult]
-    log: Path
-    plot: Path
-    summary: Path
-    interpolation: float = 1.0  # final/ = base + interpolation * (tuned - base)
-    # interpolation auto: every weight tried, with its held-out general perplexity ratio
-    interpolation_candidates: list[dict[str, float]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "out": str(self.out),
-            "final": str(self.final),
-            "phases": [p.as_dict() for p in self.phases],
-            "log": str(self.log),
-            "plot": str(self.plot),
-            "interpolation": self.interpolation,
-            "interpolation_candidates": self.interpolation_candidates,
-        }
-
-
-def resolve_model(model: str, cache_dir: Path) -> Path:
-    """A model directory; 'default' converts the embedded Gemma 3 270M GGUF once and reuses it."""
-    if model == "default":
-        from labalign.llm.default_model import default_hf_dir  # heavy (gguf, transformers): lazy
-
-        return Path(default_hf_dir(cache_dir))
-    path = Path(model).expanduser()
-    if not (path / "config.json").is_file():
-        raise LabalignError(
-            "not a Hugging Face model directory (no config.json)",
-            path=path,
-            hint="pass a directory saved with save_pretrained, or --model default",
-        )
-    return path
 
 
 def split_heldout(data: TokenizedData, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -135,7 +99,7 @@ def _check_out_dir(config: TrainConfig, record: dict[str, Any]) -> None:
                 hint="resume with the same model, data and settings, or train into a new --out",
             )
         return
-    if config.out.exists() and any(config.out.iterdir()):
+    if config.out.exists() and any(p.name != LAUNCH_FILE for p in config.out.iterdir()):
         raise LabalignError(
             "output directory is not empty",
             path=config.out,
@@ -400,14 +364,14 @@ def _finish(
         ckpt.copy_checkpoint(Path(last.best_dir), final)
     plot = config.out / "loss.png"
     plot_losses(read_log(log_path), plot, phases=[r.phase for r in results])
-    summary = config.out / "summary.json"
+    summary = config.out / SUMMARY_FILE
     result = TrainResult(
-        config.out,
-        final,
-        results,
-        log_path,
-        plot,
-        summary,
+        out=config.out,
+        final=final,
+        phases=results,
+        log=log_path,
+        plot=plot,
+        summary=summary,
         interpolation=weight,
         interpolation_candidates=chosen_from,
     )
@@ -543,12 +507,12 @@ def _train_in(
         log.close()
     if final is None:
         final = TrainResult(
-            config.out,
-            config.out / "final",
-            results,
-            log_path,
-            config.out / "loss.png",
-            config.out / "summary.json",
+            out=config.out,
+            final=config.out / "final",
+            phases=results,
+            log=log_path,
+            plot=config.out / "loss.png",
+            summary=config.out / SUMMARY_FILE,
             interpolation=_fixed_weight(config.settings),
         )
     return final
@@ -584,7 +548,3 @@ def _auto_interpolation(
         highlight=False,
     )
     return choice
-
-
-def load_summary(out: Path) -> dict[str, Any]:
-    return json.loads((out / "summary.json").read_text())  # type: ignore[no-any-return]

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,8 +21,9 @@ import numpy as np
 import numpy.typing as npt
 
 from labalign.errors import LabalignError
+from labalign.fileio import atomic_path
+from labalign.settings.train import LongSamples
 from labalign.train.data import Sample, file_digest, read_samples
-from labalign.train.settings import LongSamples
 
 CACHE_VERSION = "2"  # bump when the tokenized format or the masking rules change
 IntArray = npt.NDArray[np.int64]
@@ -350,10 +349,8 @@ def load_tokenized(
 
 
 def _write_cache(cache_file: Path, data: TokenizedData) -> None:
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp.npz")
-    os.close(fd)
-    try:
+    # Atomic: a concurrent reader sees the old file or the whole new one.
+    with atomic_path(cache_file, suffix=".npz") as tmp:
         np.savez(
             tmp,
             input_ids=data.input_ids.astype(np.int32),
@@ -361,10 +358,6 @@ def _write_cache(cache_file: Path, data: TokenizedData) -> None:
             offsets=data.offsets,
             meta=np.array(json.dumps({"ids": data.ids, "keys": data.keys, "stats": asdict(data.stats)})),
         )
-        os.replace(tmp, cache_file)  # atomic: a concurrent reader sees the old file or the whole new one
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _read_cache(cache_file: Path) -> TokenizedData:

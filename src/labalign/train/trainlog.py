@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, TextIO
+
+from labalign.fileio import write_text_atomic
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -30,9 +31,7 @@ def truncate_log(path: Path, phase: str, step: int, later_phases: list[str]) -> 
         for r in read_log(path)
         if not ((r.get("phase") == phase and int(r.get("step", 0)) > step) or r.get("phase") in later_phases)
     ]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 class LogWriter:

@@ -15,8 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from labalign.train.packing import IGNORE
-
+IGNORE = -100  # the target of a position that is not trained (PyTorch's ignore_index)
 ROW_BUCKET = 64
 # Each chunk streams the whole head through the matmuls twice, so bigger chunks are faster until the
 # logits stop fitting in memory: for Gemma 3 270M on 2 AVX2 cores the head's forward and backward over
@@ -64,7 +63,7 @@ def default_chunk_tokens(vocab_size: int) -> int:
     return max(ROW_BUCKET, min(8192, tokens // ROW_BUCKET * ROW_BUCKET))
 
 
-def _logits(
+def head_logits(
     h: torch.Tensor, w: torch.Tensor, spec: HeadSpec, out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits of a chunk, at least fp32 (written into `out` when given), and tanh for softcapping."""
@@ -252,7 +251,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 rows = len(tgt)
                 h = _pad_rows(h)
                 out = _BUFFERS.get(h.shape[0], w.shape[0], acc_dtype, h.device)
-                logits, tanh = _logits(h, w, spec, out)
+                logits, tanh = head_logits(h, w, spec, out)
                 # log-softmax and softmax in place, in fp32 (never bf16): logits - max, then exp.
                 logits -= logits.amax(1, keepdim=True)
                 shifted_target = logits[:rows].gather(1, tgt[:, None]).squeeze(1)

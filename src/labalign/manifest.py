@@ -5,14 +5,14 @@ kill at any moment leaves a manifest that says where to resume."""
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from labalign.errors import LabalignError
+from labalign.fileio import write_text_atomic
 from labalign.redact import redact_text
 
 MANIFEST = "manifest.json"
@@ -25,6 +25,91 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+class _Summary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LeafEntry(_Summary):
+    name: str
+    kind: str
+    seed_examples: int
+    document: str | None = None  # the knowledge document's repository
+
+
+class ValidateSummary(_Summary):
+    leaves: list[LeafEntry]
+    files: int
+    errors: int
+    warnings: int
+
+
+class LeafKept(_Summary):
+    kept: int
+    heldout: int
+
+
+class GenerateSummary(_Summary):
+    phase1_records: int
+    phase2_records: int
+    teacher_calls: int
+    leaves: dict[str, LeafKept]
+
+
+class PhaseBrief(_Summary):
+    phase: str
+    steps: int
+    samples: int
+    tokens: int
+    seconds: float
+    heldout_loss: float | None = None
+    best_step: int | None = None
+    general_ratio: float | None = None
+
+
+class GeneralReplayInfo(BaseModel):
+    """Where the general replay came from and, when the base wrote it, the generation's counts."""
+
+    model_config = ConfigDict(extra="allow")  # the backend's own counters (requests, tokens, ...)
+
+    source: str
+    records: int | None = None
+    failed: int | None = None
+
+
+class TrainSummary(_Summary):
+    final: str
+    phases: list[PhaseBrief]
+    general_replay: GeneralReplayInfo | None = None
+
+
+class EvaluateSummary(_Summary):
+    evaluations: list[str]
+    skipped: dict[str, str]  # evaluation -> why it could not run
+    regressions: list[str]  # what got worse beyond noise, in words
+
+    @field_validator("regressions", mode="before")
+    @classmethod
+    def _messages(cls, value: Any) -> Any:
+        # Manifests before 2026-12 kept each regression's figures; the message says it all.
+        if isinstance(value, list):
+            return [v.get("message", "") if isinstance(v, dict) else v for v in value]
+        return value
+
+
+class GgufExport(_Summary):
+    path: str
+    quant: str
+    bytes: int
+
+
+class ReportSummary(_Summary):
+    report: str
+    gguf: GgufExport | None = None
+
+
+StageSummary = ValidateSummary | GenerateSummary | TrainSummary | EvaluateSummary | ReportSummary
+
+
 class StageRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -34,8 +119,13 @@ class StageRecord(BaseModel):
     finished: str | None = None
     seconds: float = 0.0  # wall time over every attempt (a resumed stage adds up)
     attempts: int = 0
-    summary: dict[str, Any] = Field(default_factory=dict)
+    summary: StageSummary | None = None  # what the stage produced, once it is done
     error: str | None = None
+
+    @field_validator("summary", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == {} else value  # older manifests wrote {} for "nothing yet"
 
 
 class Manifest(BaseModel):
@@ -58,10 +148,8 @@ class Manifest(BaseModel):
 
     def save(self, run_dir: Path) -> None:
         self.updated = now()
-        tmp = run_dir / (MANIFEST + ".tmp")
         # Every string is redacted again here, so that no stage summary or error can store a secret.
-        tmp.write_text(redact_text(self.model_dump_json(indent=2)) + "\n", encoding="utf-8")
-        os.replace(tmp, run_dir / MANIFEST)
+        write_text_atomic(run_dir / MANIFEST, redact_text(self.model_dump_json(indent=2)) + "\n")
 
 
 def load_manifest(run_dir: Path) -> Manifest | None:
