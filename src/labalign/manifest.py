@@ -69,11 +69,13 @@ class PhaseBrief(_Summary):
 class GeneralReplayInfo(BaseModel):
     """Where the general replay came from and, when the base wrote it, the generation's counts."""
 
-    model_config = ConfigDict(extra="allow")  # the backend's own counters (requests, tokens, ...)
+    model_config = ConfigDict(extra="ignore")  # older manifests also kept the cache's error count
 
     source: str
     records: int | None = None
     failed: int | None = None
+    hits: int | None = None  # answers from the request cache
+    misses: int | None = None  # answers the model wrote
 
 
 class TrainSummary(_Summary):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -192,10 +192,10 @@ def _general_replay(ctx: RunContext) -> tuple[Path | None, GeneralReplayInfo | N
             on_progress=lambda done, total: on_progress("general replay: the base's own text", done, total),
         )
     ctx.console.print(
-        f"general replay: {summary['records']} texts by the base student ({summary['hits']} from the cache)",
+        f"general replay: {summary.records} texts by the base student ({summary.hits} from the cache)",
         highlight=False,
     )
-    return path, GeneralReplayInfo.model_validate({"source": "base model", **summary})
+    return path, GeneralReplayInfo(source="base model", **asdict(summary))
 
 
 def evaluate(ctx: RunContext) -> EvaluateSummary:

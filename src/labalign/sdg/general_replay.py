@@ -130,6 +130,17 @@ async def build_general_replay(
     return records, failed
 
 
+@dataclass(frozen=True)
+class ReplayCounts:
+    """What writing the general replay took: texts kept, requests failed, and how many answers came
+    from the request cache (hits) or the model (misses)."""
+
+    records: int
+    failed: int
+    hits: int
+    misses: int
+
+
 def generate_general_replay(
     student_dir: Path,
     out: Path,
@@ -139,7 +150,7 @@ def generate_general_replay(
     batch_size: int,
     openings: Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
+) -> ReplayCounts:
     """Write `out` (pretraining JSONL) from the base student in `student_dir` (a Hugging Face
     directory: the exact weights training starts from, decoded in batches), every request through the
     request cache at `cache_path`. Returns counts for the manifest."""
@@ -166,4 +177,5 @@ def generate_general_replay(
             hint="give your own general data with train.replay_data, or set train.replay_ratio 0",
         )
     write_jsonl(out, records)  # atomic, like every SDG output
-    return {"records": len(records), "failed": failed, **backend.stats}
+    stats = backend.stats
+    return ReplayCounts(len(records), failed, hits=stats["hits"], misses=stats["misses"])
