@@ -37,6 +37,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from labalign.evaluate.results import BranchResult, ForgettingResult, GeneralKnowledgeResult, load_result
+from labalign.manifest import load_manifest
+from labalign.train.summary import TrainResult
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS: dict[str, dict[str, str]] = {
     "profile": {},
@@ -86,37 +90,39 @@ def _prepare(data_run: Path, out: Path) -> None:
     shutil.copytree(data_run, out, ignore=shutil.ignore_patterns("train", "eval", "report.html", "*.lock"))
 
 
-def _gain(branch: dict[str, Any], leaf: str) -> dict[str, Any] | None:
-    for row in branch.get("leaves", []):
-        if row.get("leaf", "").endswith(leaf):
-            delta = row.get("delta", {}).get("f1")
-            return dict(delta) if isinstance(delta, dict) else None
+def _gain(branch: BranchResult, leaf: str) -> dict[str, Any] | None:
+    for row in branch.leaves:
+        if row.leaf.endswith(leaf) and row.delta is not None:
+            return row.delta.f1.model_dump()
     return None
 
 
 def _scores(name: str, evals: Path) -> dict[str, Any]:
-    branch = json.loads((evals / "branch.json").read_text())
-    forgetting = json.loads((evals / "forgetting.json").read_text())
-    gk_path = evals / "general_knowledge.json"
-    gk = json.loads(gk_path.read_text()) if gk_path.is_file() else {}
+    branch, forgetting = load_result(evals, "branch"), load_result(evals, "forgetting")
+    if not isinstance(branch, BranchResult) or not isinstance(forgetting, ForgettingResult):
+        raise SystemExit(f"{evals}: no branch or forgetting result (skipped or not run)")
+    gk = load_result(evals, "general_knowledge")
+    kept = {"base", "tuned", "delta", "ci_low", "ci_high"}
     return {
         "method": name,
         "knowledge": _gain(branch, "quillmarrow_island"),
         "meeting_action_items": _gain(branch, "meeting_action_items"),
         "formal_business_rewrite": _gain(branch, "formal_business_rewrite"),
-        "perplexity_ratio": forgetting["ratio"],
-        "general_knowledge": {k: gk.get(k) for k in ("base", "tuned", "delta", "ci_low", "ci_high")},
+        "perplexity_ratio": forgetting.ratio,
+        "general_knowledge": gk.model_dump(include=kept) if isinstance(gk, GeneralKnowledgeResult) else {},
     }
 
 
 def _row(name: str, run: Path) -> dict[str, Any]:
-    manifest = json.loads((run / "manifest.json").read_text())
-    summary = json.loads((run / "train" / "summary.json").read_text())
+    manifest = load_manifest(run)
+    if manifest is None:
+        raise SystemExit(f"{run}: not a labalign run (no manifest.json)")
+    summary = TrainResult.load(run / "train")
     return {
         **_scores(name, run / "eval"),
-        "train_minutes": manifest["stages"]["train"]["seconds"] / 60,
-        "evaluate_minutes": manifest["stages"]["evaluate"]["seconds"] / 60,
-        "held_out_general_ratio": [p.get("general_ratio") for p in summary["phases"]],
+        "train_minutes": manifest.stage("train").seconds / 60,
+        "evaluate_minutes": manifest.stage("evaluate").seconds / 60,
+        "held_out_general_ratio": [p.general_ratio for p in summary.phases],
     }
 
 
