@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from labalign.redact import redact_text
 
 
@@ -53,3 +55,12 @@ class TaxonomyError(LabalignError):
 
 class DocumentError(LabalignError):
     """A knowledge document that cannot be fetched, read or chunked."""
+
+
+def first_problem(exc: Exception) -> str:
+    """A one-line reason for a file that did not read as its model: a validation error's first field and
+    message ("phases.0.steps: Field required"), else the error's first line."""
+    if isinstance(exc, ValidationError) and exc.errors():
+        first = exc.errors()[0]
+        return f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

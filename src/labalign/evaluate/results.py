@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from labalign.errors import LabalignError
+from labalign.errors import LabalignError, first_problem
 from labalign.fileio import write_text_atomic
 from labalign.redact import redact_data
 
@@ -63,9 +63,8 @@ def _validate(path: Path, kind: type[R], raw: Any) -> R:
     try:
         return kind.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
         raise LabalignError(
-            f"unexpected evaluation results ({'.'.join(map(str, first['loc']))}: {first['msg']})",
+            f"unexpected evaluation results ({first_problem(exc)})",
             path=path,
             hint="re-run `labalign evaluate`",
         ) from exc

@@ -22,7 +22,7 @@ from markupsafe import Markup
 from pydantic import ValidationError
 
 from labalign import __version__
-from labalign.errors import LabalignError
+from labalign.errors import LabalignError, first_problem
 from labalign.fileio import write_text_atomic
 from labalign.jsonl import iter_jsonl
 from labalign.manifest import STAGES, Manifest, StageSummary, ValidateSummary, load_manifest
@@ -209,9 +209,7 @@ def _read_validation(path: Path) -> ValidationRecord | None:
     try:
         return ValidationRecord.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(map(str, first["loc"]))
-        raise LabalignError(f"not a validation report ({where}: {first['msg']})", path=path) from exc
+        raise LabalignError(f"not a validation report ({first_problem(exc)})", path=path) from exc
 
 
 def _head_jsonl(path: Path, n: int) -> list[dict[str, Any]]:

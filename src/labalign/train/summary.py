@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from labalign.errors import LabalignError
+from labalign.errors import LabalignError, first_problem
 
 SUMMARY_FILE = "summary.json"
 
@@ -63,7 +63,7 @@ class TrainResult(BaseModel):
         try:
             return cls.model_validate({**json.loads(path.read_text(encoding="utf-8")), "summary": str(path)})
         except (OSError, json.JSONDecodeError, ValidationError) as exc:
-            raise LabalignError(f"no readable training summary ({_first_line(exc)})", path=path) from exc
+            raise LabalignError(f"no readable training summary ({first_problem(exc)})", path=path) from exc
 
 
 def load_phase(path: Path) -> PhaseResult:
@@ -71,12 +71,4 @@ def load_phase(path: Path) -> PhaseResult:
     try:
         return PhaseResult.model_validate_json(path.read_text(encoding="utf-8"))
     except (OSError, ValidationError) as exc:
-        raise LabalignError(f"no readable phase record ({_first_line(exc)})", path=path) from exc
-
-
-def _first_line(exc: Exception) -> str:
-    """A one-line reason: a validation error's first field and message, else the error's first line."""
-    if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        return f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
-    return str(exc).splitlines()[0]
+        raise LabalignError(f"no readable phase record ({first_problem(exc)})", path=path) from exc
