@@ -135,6 +135,8 @@ def test_evaluate_all_every_evaluation(fakes: dict[str, str], tmp_path: Path) ->
     assert ev["forgetting"]["flagged"] and ev["forgetting"]["mt_bench_delta"]["mean"] == -5.0
     assert 0 <= ev["mmlu"]["model"] <= 1 and 0 <= ev["mmlu"]["base"] <= 1
     assert [r["eval"] for r in results["regressions"]] == ["forgetting", "mt_bench"]
+    # Each evaluation's time, so a slow evaluate stage can be traced to its part.
+    assert list(results["seconds"]) == list(ev) and all(t >= 0 for t in results["seconds"].values())
     for name in ("branch", "branch_scores", "mt_bench", "forgetting", "mmlu", "open_book"):
         assert (out / f"{name}.png").stat().st_size > 1000
     for name in ("branch_answers", "mt_bench_answers"):
@@ -155,6 +157,7 @@ def test_evaluate_all_every_evaluation(fakes: dict[str, str], tmp_path: Path) ->
     assert "Now answered (closed book)" in html and "<mark>" in html
     assert len(re.findall(r'src="data:image/png;base64,', html)) == 6
     assert "general-text perplexity rose" in html and "skipped" not in html
+    assert html.count(" min)</span>") == 7
 
 
 def test_all_skips_what_cannot_run_and_single_commands_fail(fakes: dict[str, str], tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from labalign.errors import LabalignError, first_problem
 from labalign.fileio import write_text_atomic
@@ -471,6 +471,8 @@ class EvalResults(Result):
     models: Models
     evaluations: Evaluations
     regressions: list[Regression]
+    # Wall-clock seconds per evaluation (by result stem), so a slow stage can be traced to its part.
+    seconds: dict[str, float] = Field(default_factory=dict)
 
 
 # Each evaluation's result file (<stem>.json) and the model it holds.

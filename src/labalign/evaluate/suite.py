@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -519,6 +520,7 @@ def evaluate_all(
         "mmlu": run_mmlu,
     }
     full: dict[str, Result] = {}
+    seconds: dict[str, float] = {}
     plan.out.mkdir(parents=True, exist_ok=True)
     for name in EVALUATIONS:
         if name not in plan.evals:
@@ -528,15 +530,18 @@ def evaluate_all(
         if name == "forgetting":
             mt = full.get("mt_bench")
             kwargs["mt_bench_result"] = mt if isinstance(mt, MtBenchResult | Skipped) else None
+        started = time.perf_counter()
         try:
             full[stem] = runners[name](plan, settings, **kwargs)
         except EvalUnavailable as exc:
             full[stem] = Skipped(skipped=exc.reason())
             save(plan.out / f"{stem}.json", full[stem])
+        seconds[stem] = round(time.perf_counter() - started, 1)
     results = EvalResults(
         models=plan.specs(),
         evaluations=Evaluations.model_validate({stem: r.summary() for stem, r in full.items()}),
         regressions=regressions(full),
+        seconds=seconds,
     )
     save(plan.out / "results.json", results)
     return results

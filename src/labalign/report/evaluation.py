@@ -372,7 +372,9 @@ def section(eval_dir: Path) -> str:
         if data is None:
             continue
         shown += 1
-        parts.append(f"<h3>{escape(title)}</h3>")
+        took = results.seconds.get(name) if results else None
+        timing = f' <span class="muted">({took / 60:.1f} min)</span>' if took is not None else ""
+        parts.append(f"<h3>{escape(title)}{timing}</h3>")
         if isinstance(data, Skipped):
             parts.append(f'<p class="flag">skipped: {escape(data.skipped)}</p>')
             continue
