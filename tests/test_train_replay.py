@@ -335,18 +335,46 @@ def test_choose_interpolation_walks_down_to_the_first_weight_within_the_budget(
     choice = choose_interpolation(
         model_dir, tuned_dir, tmp_path / "final", general, budget, bf16=False, device=torch.device("cpu")
     )
-    weights = [c["interpolation"] for c in choice.candidates]
-    ratios = [c["general_ratio"] for c in choice.candidates]
-    assert weights == [round(1 - 0.05 * k, 4) for k in range(len(weights))] and len(weights) > 1
-    assert all(r > budget for r in ratios[:-1]) and ratios[-1] <= budget
-    assert choice.weight == weights[-1] and choice.general_ratio == ratios[-1]
-    assert ratios[0] == pytest.approx(full, rel=1e-6)
+    tried = {c["interpolation"]: c["general_ratio"] for c in choice.candidates}
+    assert choice.candidates[0]["general_ratio"] == pytest.approx(full, rel=1e-6) and len(tried) > 1
+    # The largest weight within the budget: the grid weight just above it was tried and is over.
+    assert choice.general_ratio == tried[choice.weight] <= budget
+    assert tried[round(choice.weight + 0.05, 4)] > budget
+    assert all(r > budget for w, r in tried.items() if w > choice.weight)
     expected = tmp_path / "expected"
     interpolate_checkpoint(model_dir, tuned_dir, expected, choice.weight)
     got = AutoModelForCausalLM.from_pretrained(tmp_path / "final").state_dict()
     want = AutoModelForCausalLM.from_pretrained(expected).state_dict()
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert not (tmp_path / "final.trial").exists()
+
+
+@pytest.mark.parametrize("power", [0.7, 1.0, 1.6, 3.0])
+@pytest.mark.parametrize("budget", [1.02, 1.08, 1.1, 1.2, 1.3])
+def test_search_weights_finds_what_walking_down_the_grid_finds_in_fewer_tries(
+    power: float, budget: float
+) -> None:
+    from labalign.train.auto_interpolation import search_weights
+
+    def ratio_at(w: float) -> float:  # falls with w to 1 at the base; 1.27 at w = 1 like the example's run
+        return 1 + 0.27 * float(w**power)
+
+    grid = [round(1 - 0.05 * k, 4) for k in range(15)]
+    walked = next((w for w in grid if ratio_at(w) <= budget), grid[-1])
+    chosen, tried = search_weights(ratio_at, budget)
+    assert chosen == walked
+    assert tried[0][0] == 1.0 and len({w for w, _ in tried}) == len(tried)
+    assert len(tried) <= max(5, grid.index(walked) + 1)
+
+
+def test_search_weights_edges() -> None:
+    from labalign.train.auto_interpolation import search_weights
+
+    assert search_weights(lambda w: 0.9, 1.1) == (1.0, [(1.0, 0.9)])  # the tuned model as it is
+    chosen, tried = search_weights(lambda w: 2.0 + w, 1.1)  # never within: the least drift seen
+    assert chosen == 0.3 and tried[-1] == (0.3, 2.3)
+    chosen, tried = search_weights(lambda w: float("nan") if w < 1 else 1.5, 1.1)
+    assert chosen == 1.0 and len(tried) == 2
 
 
 def test_mean_nll_is_the_models_own_cross_entropy(model_dir: Path) -> None:

@@ -45,6 +45,7 @@ _SETTING_FLAGS = {
     "kl_top_k": "kl_top_k",
     "general_validation": "general_validation",
     "forgetting_budget": "forgetting_budget",
+    "interpolation_budget": "interpolation_budget",
     "bf16": "bf16",
     "gradient_checkpointing": "gradient_checkpointing",
     "freeze_embeddings": "freeze_embeddings",
@@ -209,6 +210,12 @@ def train(
         None,
         "--forgetting-budget",
         help="Largest general-text perplexity ratio to the base a phase's chosen checkpoint may have.",
+    ),
+    interpolation_budget: float = typer.Option(
+        None,
+        "--interpolation-budget",
+        help="interpolation auto: largest held-out general-text perplexity ratio of final/ "
+        "(default: the forgetting budget, else 1.10).",
     ),
     bf16: Bf16Choice = typer.Option(None, "--bf16", help="bf16 autocast: auto, on or off."),
     gradient_checkpointing: bool = typer.Option(

@@ -92,7 +92,8 @@ class TrainSettings(BaseModel):
         1.0,
         description="final/ = base + w * (tuned - base) (WiSE-FT): below 1 keeps most of what was learned "
         "with much less forgetting; 1: the tuned weights as they are; auto: the largest w whose held-out "
-        "general text stays within forgetting_budget (1.10 when unset), tried from 1 down in steps of 0.05.",
+        "general text stays within interpolation_budget (else forgetting_budget, else 1.10), on a grid of "
+        "0.05 from 1 down.",
     )
     replay_ratio: float = Field(
         0.0,
@@ -144,6 +145,13 @@ class TrainSettings(BaseModel):
         ge=1,
         description="Largest general-text perplexity ratio (tuned / base, on the held-out replay text) a "
         "checkpoint may have to be chosen as a phase's best; unset: no limit.",
+    )
+    interpolation_budget: float | None = Field(
+        None,
+        ge=1,
+        description="interpolation auto: the largest held-out general-text perplexity ratio final/ may have; "
+        "below the forgetting check's 1.10 it leaves a margin for the held-out text reading lower than the "
+        "check does. Unset: forgetting_budget, else 1.10.",
     )
     export_gguf: Literal["f32", "f16", "bf16", "q8_0", "q4_k_m"] | None = Field(
         None,

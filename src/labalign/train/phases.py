@@ -535,7 +535,8 @@ def _auto_interpolation(
             hint="give training general replay (replay_ratio > 0, general_validation > 0), or set "
             "interpolation to a number",
         )
-    budget = config.settings.forgetting_budget or auto_interpolation.DEFAULT_BUDGET
+    s = config.settings
+    budget = s.interpolation_budget or s.forgetting_budget or auto_interpolation.DEFAULT_BUDGET
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     choice = auto_interpolation.choose_interpolation(
         base, tuned, final, general, budget, bf16=bf16_enabled(config.settings.bf16, device), device=device
