@@ -89,3 +89,62 @@ def test_bad_openings_file_names_the_line(tmp_path: Path) -> None:
     with pytest.raises(LabalignError) as err:
         load_openings(path)
     assert err.value.line == 2
+
+
+def test_the_shipped_replay_is_what_the_quick_profile_would_write_for_the_embedded_student() -> None:
+    """Stale when the openings, the quick profile's replay parameters or the embedded model change:
+    rerun tools/ship_general_replay.py (until then every first run writes its own, about 6 minutes)."""
+    from labalign.llm.default_model import _module_or_none
+    from labalign.run.profiles import get_profile
+    from labalign.sdg.general_replay import shipped_key, shipped_paths
+    from labalign.settings.sdg import SDGSettings
+    from labalign.settings.train import TrainSettings
+
+    module = _module_or_none()
+    assert module is not None, "the embedded model's package is a dependency"
+    records_path, key_path = shipped_paths(module.EXPECTED_SHA256)
+    quick = TrainSettings.model_validate(
+        {k.split(".", 1)[1]: v for k, v in get_profile("quick").settings.items() if k.startswith("train.")}
+    )
+    options = ReplayOptions(
+        samples_per_opening=quick.general_replay_samples,
+        max_tokens=quick.general_replay_tokens,
+        seed=SDGSettings().seed,
+    )
+    assert json.loads(key_path.read_text())["key"] == shipped_key(module.EXPECTED_SHA256, options)
+    assert len(read_samples(records_path)) == len(load_openings()) * options.samples_per_opening
+    texts = [json.loads(line)["messages"][0]["content"] for line in records_path.read_text().splitlines()]
+    general = " ".join(d.text for d in load_documents()).lower()
+    assert all(text.lower() not in general for text in texts)
+
+
+def _student_with_marker(tmp_path: Path, sha: str) -> Path:
+    student = tmp_path / "student"
+    student.mkdir(parents=True)
+    (student / "labalign-conversion.json").write_text(json.dumps({"gguf_sha256": sha}))
+    return student  # no weights: using them would fail
+
+
+def test_a_run_takes_the_shipped_text_only_for_the_student_and_parameters_it_was_written_with(
+    tmp_path: Path,
+) -> None:
+    from labalign.llm.default_model import _module_or_none
+    from labalign.sdg.general_replay import generate_general_replay, shipped_replay
+
+    module = _module_or_none()
+    assert module is not None
+    student = _student_with_marker(tmp_path, module.EXPECTED_SHA256)
+    options = ReplayOptions(samples_per_opening=1, max_tokens=160, seed=42)
+    out = tmp_path / "replay.jsonl"
+    counts = generate_general_replay(
+        student, out, cache_path=tmp_path / "c.sqlite", options=options, batch_size=8
+    )
+    assert counts.shipped and counts.misses == 0 and counts.records == len(read_samples(out)) > 100
+    assert shipped_replay(student, ReplayOptions(samples_per_opening=1, max_tokens=160, seed=1)) is None
+    assert shipped_replay(student, ReplayOptions(samples_per_opening=2, max_tokens=160, seed=42)) is None
+    assert shipped_replay(_student_with_marker(tmp_path / "other", "0" * 64), options) is None
+    # Other openings, or the shipped text turned off: the base writes its own (here: no weights to load).
+    with pytest.raises(LabalignError, match="not a Hugging Face model directory"):
+        generate_general_replay(
+            student, out, cache_path=tmp_path / "c.sqlite", options=options, batch_size=8, use_shipped=False
+        )

@@ -76,6 +76,7 @@ class GeneralReplayInfo(BaseModel):
     failed: int | None = None
     hits: int | None = None  # answers from the request cache
     misses: int | None = None  # answers the model wrote
+    shipped: bool | None = None  # the text shipped with labalign for this student (no request)
 
 
 class TrainSummary(_Summary):

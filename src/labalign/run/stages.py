@@ -191,9 +191,9 @@ def _general_replay(ctx: RunContext) -> tuple[Path | None, GeneralReplayInfo | N
             batch_size=ctx.settings.llm.local_batch_size,
             on_progress=lambda done, total: on_progress("general replay: the base's own text", done, total),
         )
+    where = "shipped with labalign for this student" if summary.shipped else f"{summary.hits} from the cache"
     ctx.console.print(
-        f"general replay: {summary.records} texts by the base student ({summary.hits} from the cache)",
-        highlight=False,
+        f"general replay: {summary.records} texts by the base student ({where})", highlight=False
     )
     return path, GeneralReplayInfo(source="base model", **asdict(summary))
 
@@ -204,7 +204,7 @@ def evaluate(ctx: RunContext) -> EvaluateSummary:
 
     out = ctx.run_dir / EVAL
     if ctx.fresh and out.exists():
-        shutil.rmtree(out)  # cached answers belong to the model that was there before
+        shutil.rmtree(out)  # results of the model that was there before
     out.mkdir(parents=True, exist_ok=True)
     from labalign.modeling.models import resolve_model
 
@@ -219,7 +219,10 @@ def evaluate(ctx: RunContext) -> EvaluateSummary:
         data=ctx.run_dir / DATA,
         evals=ctx.profile.evals,
         max_tokens=ctx.profile.eval_max_tokens,
-        cache_path=out / "cache.sqlite",
+        # The machine's evaluation cache (keyed by each model's identity, which changes with its weights),
+        # as the log-likelihood scores are: a later run on the same base and questions does not decode the
+        # base's answers again (about 2 of the quick run's evaluation minutes), and a killed run resumes.
+        cache_path=None,
         seeds=ctx.profile.eval_seeds and not ctx.settings.sdg.seed_records,  # trained on: not held out
     )
     with phase_progress(ctx.console, transient=False) as on_progress:

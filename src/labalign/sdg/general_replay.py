@@ -10,10 +10,17 @@ No corpus has to be downloaded, and the text is never the forgetting check's: th
 Every continuation is one raw-completion request through the backend's request cache, so a killed run
 resumes where it stopped and a second run on the same machine (same base, openings and parameters)
 asks nothing at all.
+
+For the embedded default student, labalign ships that text (`data/general_replay_<gguf sha256>.jsonl`,
+written by the same weights from the same openings and parameters): writing it took about 6 minutes
+on 2 cores, the largest part of a machine's first `labalign run`. It is used only when the student
+was converted from exactly that GGUF and the run asks for exactly what the file was written with.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -47,6 +54,44 @@ class ReplayOptions:
 
 def default_openings_path() -> Path:
     return Path(str(resources.files("labalign.sdg") / "data" / "general_openings.jsonl"))
+
+
+def shipped_paths(gguf_sha256: str) -> tuple[Path, Path]:
+    """(records, key) of the replay text shipped for the student converted from this GGUF."""
+    folder = Path(str(resources.files("labalign.sdg") / "data"))
+    stem = f"general_replay_{gguf_sha256[:16]}"
+    return folder / f"{stem}.jsonl", folder / f"{stem}.json"
+
+
+def shipped_key(gguf_sha256: str, options: ReplayOptions) -> dict[str, Any]:
+    """What a shipped replay file was written from: the base's GGUF, the openings and the parameters."""
+    return {
+        "gguf_sha256": gguf_sha256,
+        "openings_sha256": hashlib.sha256(default_openings_path().read_bytes()).hexdigest(),
+        "samples_per_opening": options.samples_per_opening,
+        "max_tokens": options.max_tokens,
+        "temperature": options.temperature,
+        "seed": options.seed,
+    }
+
+
+def shipped_replay(student_dir: Path, options: ReplayOptions) -> list[Record] | None:
+    """The replay text shipped for this student with the default openings and these options, or None
+    (another student, or other parameters: the base writes its own)."""
+    from labalign.llm.convert import read_marker
+
+    marker = read_marker(student_dir)
+    sha = marker.get("gguf_sha256") if marker else None
+    if not isinstance(sha, str) or not sha:
+        return None
+    records_path, key_path = shipped_paths(sha)
+    try:
+        key = json.loads(key_path.read_text(encoding="utf-8")).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if key != shipped_key(sha, options) or not records_path.is_file():
+        return None
+    return [rec for _, rec in iter_jsonl(records_path)]
 
 
 def load_openings(path: Path | None = None) -> list[Opening]:
@@ -132,13 +177,15 @@ async def build_general_replay(
 
 @dataclass(frozen=True)
 class ReplayCounts:
-    """What writing the general replay took: texts kept, requests failed, and how many answers came
-    from the request cache (hits) or the model (misses)."""
+    """What writing the general replay took: texts kept, requests failed, how many answers came from
+    the request cache (hits) or the model (misses), and whether the text was the one shipped for the
+    student (no request at all)."""
 
     records: int
     failed: int
     hits: int
     misses: int
+    shipped: bool = False
 
 
 def generate_general_replay(
@@ -150,11 +197,18 @@ def generate_general_replay(
     batch_size: int,
     openings: Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    use_shipped: bool = True,
 ) -> ReplayCounts:
     """Write `out` (pretraining JSONL) from the base student in `student_dir` (a Hugging Face
     directory: the exact weights training starts from, decoded in batches), every request through the
-    request cache at `cache_path`. Returns counts for the manifest."""
+    request cache at `cache_path`; or the text shipped for this student (see shipped_replay) when
+    `use_shipped` and it applies. Returns counts for the manifest."""
     import asyncio
+
+    shipped = shipped_replay(student_dir, options) if use_shipped and openings is None else None
+    if shipped:
+        write_jsonl(out, shipped)
+        return ReplayCounts(len(shipped), 0, hits=0, misses=0, shipped=True)
 
     from labalign.llm.cache import CachedBackend
     from labalign.llm.hf import TransformersBackend
