@@ -228,3 +228,43 @@ def test_sentences_left_without_a_question_are_counted_and_named(tmp_path: Path)
     table = Console(width=200, record=True)
     table.print(funnel_table(GenerationStats.load(tmp_path)))
     assert f"on {len(rows) - 1} of {len(rows)} sentences" in table.export_text()
+
+
+def test_fact_index_finds_the_sentence_a_question_names() -> None:
+    from labalign.sdg.facts import FactIndex
+    from labalign.sdg.stats import StageCount
+
+    _, rows = _facts_of_one_chunk()
+    index = FactIndex(rows)
+    target = rows[1]
+    named = " ".join(w for w in str(target["fact"]).split() if len(w) > 4)
+    assert index.rank(f"What about {named}?", str(target[FACT_ID]), 1) == 0
+    other = next(r for r in rows if set(str(r["fact"]).split()).isdisjoint(named.split()))
+    assert index.rank(f"What about {named}?", str(other[FACT_ID]), 1) is None
+    stage = StageCount("fact_retrieval")
+    kept = index.keep_identifying(
+        [{**target, "question": f"{named}?"}, {**other, "question": f"{named}?"}], 1, stage
+    )
+    assert [r[FACT_ID] for r in kept] == [target[FACT_ID]]
+    assert stage.rows_in == 2 and stage.rows_out == 1 and stage.dropped == {"sentence_not_in_top_1": 1}
+
+
+def test_fact_questions_that_do_not_find_their_sentence_are_dropped_and_asked_again(tmp_path: Path) -> None:
+    from labalign.sdg.facts import FactIndex
+
+    s = load_settings(overrides={"sdg.max_chunks": 4})
+    jobs = leaf_inputs(load_leaves([EXAMPLES], ValidationOptions(check_documents=False)), s)
+    job = next(j for j in jobs if j.leaf.kind == "knowledge")
+    rows = fact_rows(job.leaf, job.chunks, seed=1, examples_per_prompt=3)
+    options = GenerateOptions(
+        samples_per_leaf=2, seed=1, knowledge_qa=False, document_records=False, fact_retrieval_k=1
+    )
+    result = asyncio.run(generate([job], teacher=ScriptedTeacher(), out_dir=tmp_path, options=options))
+    stats = result.leaves[0].stats
+    stage = stats.stages["fact_retrieval"]
+    assert stage.rows_in > stage.rows_out > 0 and stage.dropped["sentence_not_in_top_1"] > 0
+    index = FactIndex(rows)
+    kept = result.leaves[0].facts
+    assert kept and all(index.rank(str(r["question"]), str(r[FACT_ID]), 1) == 0 for r in kept)
+    # Sentences whose questions all missed were asked again (a second round of the question block).
+    assert stats.stages["fact_question"].rows_in > len(rows)
