@@ -74,7 +74,6 @@ def options_from_settings(
         document_pretraining=s.sdg.document_pretraining,
         seed_records=s.sdg.seed_records,
         fact_questions=s.sdg.fact_questions,
-        fact_retrieval_k=s.sdg.fact_retrieval_k,
         knowledge_qa=s.sdg.knowledge_qa,
         oversample=s.sdg.oversample,
         dedup=s.sdg.dedup,

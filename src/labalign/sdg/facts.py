@@ -17,7 +17,6 @@ from typing import Any
 from labalign.documents import Chunk
 from labalign.documents.prose import sentences
 from labalign.sdg.rows import ROW_ID, Row, stable_int
-from labalign.sdg.stats import StageCount
 from labalign.taxonomy import Leaf
 from labalign.textmetrics import token_f1
 
@@ -75,48 +74,6 @@ def fact_rows(leaf: Leaf, chunks: Sequence[Chunk], *, seed: int, examples_per_pr
                 }
             )
     return rows
-
-
-class FactIndex:
-    """BM25 over a leaf's fact sentences, to ask whether a question finds its own sentence: round-trip
-    consistency (Alberti et al. 2019, keep a synthetic question only when answering it leads back to
-    its source). On the example taxonomy 78 of the 100 hand-written held-out questions rank their
-    sentence first, and 114 of the 270M teacher's 266 kept questions do: the rest are about the
-    sentence's topic but would fit other sentences as well, and teach the student to answer a question
-    with any sentence on its topic."""
-
-    def __init__(self, rows: Sequence[Row]) -> None:
-        import bm25s
-
-        self.ids = [str(r[FACT_ID]) for r in rows]
-        self._position = {fid: i for i, fid in enumerate(self.ids)}
-        texts = [str(r["fact"]) for r in rows]
-        self._index = bm25s.BM25()
-        self._index.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
-
-    def rank(self, question: str, fact_id: str, k: int) -> int | None:
-        """Where the question's own sentence ranks among the top k (0: first), or None."""
-        import bm25s
-
-        tokens = bm25s.tokenize([question], stopwords="en", return_ids=False, show_progress=False)
-        if not any(tokens):
-            return None
-        found, _ = self._index.retrieve(tokens, k=min(k, len(self.ids)), show_progress=False)
-        top = [int(i) for i in found[0]]
-        own = self._position.get(fact_id)
-        return top.index(own) if own in top else None
-
-    def keep_identifying(self, rows: Sequence[Row], k: int, stage: StageCount) -> list[Row]:
-        """The rows whose question ranks its own sentence in the top k; the others counted as dropped."""
-        out: list[Row] = []
-        for row in rows:
-            stage.rows_in += 1
-            if self.rank(str(row["question"]), str(row[FACT_ID]), k) is None:
-                stage.dropped[f"sentence_not_in_top_{k}"] += 1
-                continue
-            stage.rows_out += 1
-            out.append(row)
-        return out
 
 
 def retry_row(row: Row, round_no: int) -> Row:

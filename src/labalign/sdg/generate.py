@@ -49,7 +49,6 @@ class GenerateOptions:
     document_pretraining: bool = False
     seed_records: bool = False
     fact_questions: bool = True  # knowledge leaves: a teacher question for every document sentence
-    fact_retrieval_k: int = 0  # keep a fact question only if BM25 ranks its sentence in the top k (0: off)
     knowledge_qa: bool = True  # knowledge leaves: LAB's Q&A pipeline (summaries -> Q&A -> judges)
     oversample: float | None = None  # input rows per wanted sample; None: each pipeline's own
     dedup: DedupMethod = "auto"  # near-duplicate removal (sdg.dedup)
@@ -247,7 +246,6 @@ async def _fact_questions(
     for text in seed_questions:
         index.add(text)
     stage = ctx.stats.stage("dedup_facts_across_chunks")
-    finder = facts.FactIndex(rows) if options.fact_retrieval_k > 0 else None
     kept: list[Row] = []
     covered: set[str] = set()
     done = 0
@@ -266,12 +264,7 @@ async def _fact_questions(
         done = 0
         chunks = [pending[i : i + CHUNK_ROWS] for i in range(0, len(pending), CHUNK_ROWS)]
         results = await asyncio.gather(*(run(c, label, len(pending)) for c in chunks))
-        found = [r for result in results for r in result]
-        if finder is not None:
-            found = finder.keep_identifying(
-                found, options.fact_retrieval_k, ctx.stats.stage("fact_retrieval")
-            )
-        for row in found:
+        for row in (r for result in results for r in result):
             stage.rows_in += 1
             if index.find(str(row["question"])) is not None:
                 stage.dropped["near_duplicate"] += 1

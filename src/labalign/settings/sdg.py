@@ -45,12 +45,6 @@ class SDGSettings(BaseModel):
         description="Knowledge leaves: the teacher also writes a question for every sentence of the "
         "documents, answered by that sentence (faithful by construction; covers the whole document).",
     )
-    fact_retrieval_k: int = Field(
-        0,
-        ge=0,
-        description="Keep a fact question only when BM25 over the leaf's sentences ranks its own sentence "
-        "among the top k for it (round-trip consistency); 0: keep every question.",
-    )
     knowledge_qa: bool = Field(
         True,
         description="Knowledge leaves: run LAB's Q&A pipeline (summaries, Q&A pairs, three judges). "
