@@ -33,8 +33,8 @@ PROFILES: dict[str, Profile] = {
     for p in (
         Profile(
             name="quick",
-            summary="embedded 270M teacher and student on the CPU; about 23 minutes on 2 cores with native "
-            "bf16, forgetting within 10%",
+            summary="embedded 270M teacher and student on the CPU; about 22 minutes on 2 cores with native "
+            "bf16 (first run), forgetting within 10%",
             settings={
                 "sdg.samples_per_leaf": 6,
                 "sdg.heldout_fraction": 0.2,
@@ -65,7 +65,9 @@ PROFILES: dict[str, Profile] = {
                 "train.lora_rank": 32,
                 "train.lora_alpha": 64,
                 "train.learning_rate": 5e-4,
-                "train.phase1_epochs": 4,
+                # Three phase-1 epochs: same data, auto interpolation, training 9.1 minutes against 12.1
+                # for four, and knowledge +0.110 against +0.120 F1 at W 0.6 (forgetting check 1.091).
+                "train.phase1_epochs": 3,
                 "train.phase2_epochs": 2,
                 "train.batch_size": 8,
                 "train.warmup_steps": 2,
@@ -89,6 +91,9 @@ PROFILES: dict[str, Profile] = {
                 # 1.097x on seed 42 but 1.111x on seed 1; auto chose 0.6 and 0.55 there, and seed 1 at
                 # 0.55 measured 1.095x, knowledge +0.076 [+0.018, +0.131], skills +0.47/+0.22.
                 "train.interpolation": "auto",
+                # ...and within 1.08 on that text: with three epochs it read 1.093 at W 0.65 where the
+                # forgetting check read 1.106 (at W 0.6: 1.091). The margin covers that gap.
+                "train.interpolation_budget": 1.08,
                 # train/final.gguf for llama.cpp / Ollama: 17 s for q8_0 (290 MB) on 2 cores.
                 "train.export_gguf": "q8_0",
             },
