@@ -94,23 +94,15 @@ def test_bad_openings_file_names_the_line(tmp_path: Path) -> None:
 def test_the_shipped_replay_is_what_the_quick_profile_would_write_for_the_embedded_student() -> None:
     """Stale when the openings, the quick profile's replay parameters or the embedded model change:
     rerun tools/ship_general_replay.py (until then every first run writes its own, about 6 minutes)."""
+    from labalign.config import load_settings
     from labalign.llm.default_model import _module_or_none
     from labalign.run.profiles import get_profile
     from labalign.sdg.general_replay import shipped_key, shipped_paths
-    from labalign.settings.sdg import SDGSettings
-    from labalign.settings.train import TrainSettings
 
     module = _module_or_none()
     assert module is not None, "the embedded model's package is a dependency"
     records_path, key_path = shipped_paths(module.EXPECTED_SHA256)
-    quick = TrainSettings.model_validate(
-        {k.split(".", 1)[1]: v for k, v in get_profile("quick").settings.items() if k.startswith("train.")}
-    )
-    options = ReplayOptions(
-        samples_per_opening=quick.general_replay_samples,
-        max_tokens=quick.general_replay_tokens,
-        seed=SDGSettings().seed,
-    )
+    options = ReplayOptions.from_settings(load_settings(defaults=get_profile("quick").settings))
     assert json.loads(key_path.read_text())["key"] == shipped_key(module.EXPECTED_SHA256, options)
     assert len(read_samples(records_path)) == len(load_openings()) * options.samples_per_opening
     texts = [json.loads(line)["messages"][0]["content"] for line in records_path.read_text().splitlines()]

@@ -1,6 +1,6 @@
 """Write the general replay text shipped for the embedded default student (src/labalign/sdg/data/).
 
-    python tools/ship_general_replay.py [--seed 42] [--samples 1] [--max-tokens 160]
+    python tools/ship_general_replay.py
 
 The base student continues each shipped opening exactly as `labalign run` would on a machine's first
 run (through the same request cache, so a machine that has already written it asks nothing), and the
@@ -25,20 +25,16 @@ from labalign.sdg.general_replay import ReplayOptions, generate_general_replay, 
 
 
 def main() -> None:
-    quick = get_profile("quick").settings
-    parser = argparse.ArgumentParser(
+    argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--samples", type=int, default=int(quick["train.general_replay_samples"]))
-    parser.add_argument("--max-tokens", type=int, default=160)
-    args = parser.parse_args()
-    settings = load_settings()
+    ).parse_args()
+    # The quick profile over the defaults, as `labalign run` resolves it.
+    settings = load_settings(defaults=get_profile("quick").settings)
     student = resolve_model("default", settings.cache_dir)
     sha = (read_marker(student) or {}).get("gguf_sha256")
     if not sha:
         raise LabalignError("the default student has no conversion record", path=student)
-    options = ReplayOptions(samples_per_opening=args.samples, max_tokens=args.max_tokens, seed=args.seed)
+    options = ReplayOptions.from_settings(settings)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "replay.jsonl"
         counts = generate_general_replay(

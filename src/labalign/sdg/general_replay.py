@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from labalign.config import Settings
 from labalign.errors import LabalignError
 from labalign.jsonl import iter_jsonl
 from labalign.llm.types import Backend, GenerationParams, LLMRequest, LLMResult
@@ -50,6 +51,15 @@ class ReplayOptions:
     max_tokens: int = 160
     temperature: float = 1.0  # the base's own distribution: anything else is not what it predicts
     seed: int = 42
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReplayOptions:
+        """What `labalign run` asks the base student for (train.general_replay_*, sdg.seed)."""
+        return cls(
+            samples_per_opening=settings.train.general_replay_samples,
+            max_tokens=settings.train.general_replay_tokens,
+            seed=settings.sdg.seed,
+        )
 
 
 def default_openings_path() -> Path:

@@ -11,8 +11,8 @@ text (never trained on, never the evaluation's text; its ratio tracked the forge
 
 The ratio falls steadily as w falls (w = 0 is the base itself, ratio 1), so the search predicts where
 it meets the budget instead of walking down the grid (see search_weights): each weight tried costs a
-merge, a load and a pass over the slice (about 16 s for Gemma 3 270M on 2 cores), and on the example's
-runs it tries 3 weights where the walk from 1 down tried 8 to 9.
+merge, a load and a pass over the slice, and on the example's runs it tries 3 weights where the walk
+from 1 down tried 8 to 9.
 """
 
 from __future__ import annotations
