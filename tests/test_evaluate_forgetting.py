@@ -70,7 +70,12 @@ def test_perplexity_matches_manual_forward_pass(models: tuple[Path, Path]) -> No
     base, _ = models
     seen: list[tuple[str, int, int]] = []
     result = forgetting.score(
-        base, DOCS, window=64, batch_size=2, on_progress=lambda p, d, t: seen.append((p, d, t))
+        base,
+        DOCS,
+        window=64,
+        batch_size=2,
+        on_progress=lambda p, d, t: seen.append((p, d, t)),
+        dtype="float32",  # exact against the fp32 forward pass (bf16: the test below)
     )
     nll, counts = _manual(base, 64)
     assert result.tokens == counts and counts[2] > 64  # the long one was cut into windows
@@ -78,8 +83,32 @@ def test_perplexity_matches_manual_forward_pass(models: tuple[Path, Path]) -> No
     assert result.perplexity == pytest.approx(math.exp(sum(nll) / sum(counts)), rel=1e-4)
     assert seen[-1][1] == seen[-1][2] and seen[-1][0] == "model: perplexity"
     # The tiny model has 256 positions: a larger window is capped there, not an error.
-    capped = forgetting.score(base, DOCS, window=4096)
+    capped = forgetting.score(base, DOCS, window=4096, dtype="float32")
     assert capped.nll == pytest.approx(_manual(base, 256)[0], rel=1e-4)
+
+
+def test_bf16_scoring_is_close_and_cached_apart(models: tuple[Path, Path], tmp_path: Path) -> None:
+    base, _ = models
+    fp32 = forgetting.score_cached(base, DOCS, tmp_path, window=64, dtype="float32")
+    bf16 = forgetting.score_cached(base, DOCS, tmp_path, window=64, dtype="bfloat16")
+    assert bf16.nll != fp32.nll  # really computed in bf16, not read from the fp32 entry
+    assert bf16.perplexity == pytest.approx(fp32.perplexity, rel=0.02)
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    again = forgetting.score_cached(base, DOCS, tmp_path, window=64, dtype="bfloat16")
+    assert again.nll == bf16.nll
+
+
+def test_scoring_dtype_auto_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    import labalign.llm.hf as hf
+
+    monkeypatch.setattr(hf, "pick_device", lambda requested: "cpu")
+    monkeypatch.setattr(hf, "native_bf16", lambda device: True)
+    assert forgetting.scoring_dtype("auto") == "bfloat16"
+    monkeypatch.setattr(hf, "native_bf16", lambda device: False)
+    assert forgetting.scoring_dtype("auto") == "float32"
+    assert forgetting.scoring_dtype("float32") == "float32"
+    with pytest.raises(LabalignError, match="unknown scoring dtype"):
+        forgetting.scoring_dtype("int4")
 
 
 def test_compare_flags_regressions_by_threshold(models: tuple[Path, Path], tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_option_loglik_matches_a_full_forward_pass(model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    scores = gk.score(model_dir, QUESTIONS, batch_size=5)
+    scores = gk.score(model_dir, QUESTIONS, batch_size=5, dtype="float32")
     tokenizer = load_tokenizer(model_dir)
     model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     model.eval()

@@ -94,7 +94,7 @@ def test_continuation_loglik_matches_a_full_forward_pass(tmp_path: Path) -> None
 
     model_dir = tiny_llama_dir(tmp_path / "m")
     items = [("The harbour was built in", [" 1822 by the council.", " 1903."]), ("Hello", [" world"])]
-    identity, loglik = score_continuations(model_dir, items, batch_size=2)
+    identity, loglik = score_continuations(model_dir, items, batch_size=2, dtype="float32")
     assert identity.startswith("hf:") and [len(x) for x in loglik] == [2, 1]
     tokenizer = load_tokenizer(model_dir)
     model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from labalign.cli import app
 from labalign.config import Settings
 from labalign.errors import LabalignError
-from labalign.evaluate import mt_bench, suite
+from labalign.evaluate import forgetting, mt_bench, suite
 from labalign.evaluate.questions import default_heldout_dir, gather
 from labalign.evaluate.results import as_json
 from labalign.llm.types import LLMRequest
@@ -121,6 +121,9 @@ def test_evaluate_all_every_evaluation(fakes: dict[str, str], tmp_path: Path) ->
     assert mb["n"] >= 100 and 0 <= mb["base"] <= 1 and 0 <= mb["tuned"] <= 1 and mb["ci_low"] <= mb["delta"]
     items = json.loads((out / "mmlu_branch.json").read_text())["items"]
     assert len(items) == mb["n"] and all(len(i["choices"]) == 4 for i in items)
+    # Each log-likelihood result says what precision it was computed in.
+    dtypes = {json.loads((out / f).read_text())["dtype"] for f in ("mmlu_branch.json", "forgetting.json")}
+    assert dtypes == {forgetting.scoring_dtype("auto")}
     # 100 held-out questions and 15 seed ones. The fake tuned model knows their answers closed book, and
     # gets the grounded prompt wrong.
     ob = ev["open_book"]

@@ -102,6 +102,14 @@ Tokenizer = Annotated[
     typer.Option("--tokenizer", help="URL models: a local folder with the server model's tokenizer."),
 ]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Batch size of in-process scoring.")]
+ScoringDtype = Annotated[
+    str,
+    typer.Option(
+        "--scoring-dtype",
+        help="Precision of log-likelihood scoring (auto, float32, bfloat16). auto: bfloat16 where the "
+        "CPU or GPU computes it natively, else float32. Base and tuned are always scored alike.",
+    ),
+]
 GeneralText = Annotated[
     Path | None,
     typer.Option(
@@ -460,6 +468,7 @@ def forgetting_command(
     threshold: Threshold = DEFAULT_THRESHOLD,
     mt_bench_data: MtBenchData = None,
     batch_size: BatchSize = 8,
+    scoring_dtype: ScoringDtype = "auto",
     max_tokens: MaxTokens = 256,
     out: Out = DEFAULT_OUT,
     fmt: Fmt = OutputFormat.text,
@@ -481,6 +490,7 @@ def forgetting_command(
         forgetting_threshold=threshold,
         mt_bench_data=mt_bench_data,
         batch_size=batch_size,
+        scoring_dtype=scoring_dtype,
         max_tokens=max_tokens,
         out=out,
         evals=("forgetting",),
@@ -499,6 +509,7 @@ def general_knowledge_command(
         Path | None,
         typer.Option("--questions", help="Multiple-choice JSONL; default: labalign's 205 questions."),
     ] = None,
+    scoring_dtype: ScoringDtype = "auto",
     out: Out = DEFAULT_OUT,
     fmt: Fmt = OutputFormat.text,
 ) -> None:
@@ -510,7 +521,13 @@ def general_knowledge_command(
     """
     s = settings(ctx)
     plan = _plan(
-        s, model=model, base=base, out=out, evals=("general-knowledge",), general_knowledge=questions
+        s,
+        model=model,
+        base=base,
+        out=out,
+        evals=("general-knowledge",),
+        general_knowledge=questions,
+        scoring_dtype=scoring_dtype,
     )
     with _progress() as on_progress:
         result = suite.run_general_knowledge(plan, s, on_progress=on_progress)
@@ -526,6 +543,7 @@ def mmlu_branch_command(
     alias: TaxonomyAlias = None,
     items: Annotated[int, typer.Option("--items", min=1, help="At most this many items per leaf.")] = 200,
     batch_size: BatchSize = 8,
+    scoring_dtype: ScoringDtype = "auto",
     out: Out = DEFAULT_OUT,
     fmt: Fmt = OutputFormat.text,
 ) -> None:
@@ -544,6 +562,7 @@ def mmlu_branch_command(
         taxonomy=pick_taxonomy(taxonomy, alias),
         mmlu_branch_items=items,
         batch_size=batch_size,
+        scoring_dtype=scoring_dtype,
         out=out,
         evals=("mmlu-branch",),
     )
@@ -613,6 +632,7 @@ def all_command(
     general_text: GeneralText = None,
     threshold: Threshold = DEFAULT_THRESHOLD,
     batch_size: BatchSize = 8,
+    scoring_dtype: ScoringDtype = "auto",
     max_tokens: MaxTokens = 256,
     out: Out = DEFAULT_OUT,
     fmt: Fmt = OutputFormat.text,
@@ -643,6 +663,7 @@ def all_command(
         general_text=general_text,
         forgetting_threshold=threshold,
         batch_size=batch_size,
+        scoring_dtype=scoring_dtype,
         max_tokens=max_tokens,
         out=out,
     )

@@ -140,9 +140,31 @@ def _check_head(model: Any, spec: Any, device: Any) -> None:
         )
 
 
-def load_scoring_model(model_dir: Path) -> tuple[Any, Any, Any, str]:
+SCORING_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def scoring_dtype(requested: str = "auto") -> str:
+    """The dtype log-likelihood scoring runs in (perplexity, general knowledge, MMLU-branch).
+
+    auto: bfloat16 where the hardware computes it natively (CUDA, CPUs with AVX512-BF16 or AMX), else
+    what local decoding uses (float32 on CPUs). Base and tuned are always scored alike, and the cached
+    scores are kept per dtype, so a ratio or delta never mixes the two."""
+    from labalign.llm.hf import native_bf16, pick_device, pick_dtype
+
+    if requested not in SCORING_DTYPES:
+        raise LabalignError(
+            f"unknown scoring dtype {requested!r}", hint=f"use one of: {', '.join(SCORING_DTYPES)}"
+        )
+    if requested != "auto":
+        return requested
+    device = pick_device(None)
+    return "bfloat16" if native_bf16(device) else str(pick_dtype(device, None)).removeprefix("torch.")
+
+
+def load_scoring_model(model_dir: Path, dtype: str = "auto") -> tuple[Any, Any, Any, str]:
     """(model in eval mode on the scoring device, tokenizer, its checked LM head spec, weights identity)
-    for log-likelihood scoring through the chunked head; shared with labalign.evaluate.general_knowledge."""
+    for log-likelihood scoring through the chunked head, in `dtype` (see scoring_dtype); shared with
+    labalign.evaluate.loglik."""
     import torch
     import transformers
     from transformers import AutoModelForCausalLM
@@ -157,7 +179,7 @@ def load_scoring_model(model_dir: Path) -> tuple[Any, Any, Any, str]:
     try:
         with quiet_transformers(transformers):
             model: Any = AutoModelForCausalLM.from_pretrained(
-                str(model_dir), dtype=pick_dtype(device, None), local_files_only=True
+                str(model_dir), dtype=pick_dtype(device, scoring_dtype(dtype)), local_files_only=True
             )
     except (OSError, ValueError) as exc:
         raise LabalignError(f"cannot load the model: {exc}", path=model_dir) from exc
@@ -190,13 +212,14 @@ def score(
     batch_size: int = 4,
     on_progress: ProgressCallback | None = None,
     label: str = "model",
+    dtype: str = "auto",
 ) -> Perplexity:
-    """Per-document NLL of the model in `model_dir` (in-process, no gradients, batched)."""
+    """Per-document NLL of the model in `model_dir` (in-process, no gradients, batched, in `dtype`)."""
     import torch
 
     from labalign.modeling.loss import chunked_cross_entropy_sum
 
-    model, tokenizer, spec, identity = load_scoring_model(model_dir)
+    model, tokenizer, spec, identity = load_scoring_model(model_dir, dtype)
     device = spec.weight.device
     ids = tokenize(tokenizer, docs)
     limit = getattr(model.config.get_text_config(), "max_position_embeddings", None) or window
@@ -236,13 +259,16 @@ def score_cached(
     batch_size: int = 4,
     on_progress: ProgressCallback | None = None,
     label: str = "model",
+    dtype: str = "auto",
 ) -> Perplexity:
-    """`score`, remembered per (weights, text, window) in `cache_dir`: the base model is scored once,
-    not on every run."""
+    """`score`, remembered per (weights, text, window, dtype) in `cache_dir`: the base model is scored
+    once, not on every run."""
     from labalign.llm.hf import model_dir_identity
 
+    dtype = scoring_dtype(dtype)
     key_src = json.dumps(
-        {"model": model_dir_identity(model_dir), "docs": [d.text for d in docs], "window": window},
+        {"model": model_dir_identity(model_dir), "docs": [d.text for d in docs], "window": window}
+        | ({} if dtype == "float32" else {"dtype": dtype}),  # float32: the keys written before dtypes
         sort_keys=True,
     )
     path = None
@@ -254,7 +280,13 @@ def score_cached(
                 on_progress(f"{label}: perplexity (cached)", 1, 1)
             return Perplexity(data["identity"], data["nll"], data["tokens"], data["ids_sha256"])
     result = score(
-        model_dir, docs, window=window, batch_size=batch_size, on_progress=on_progress, label=label
+        model_dir,
+        docs,
+        window=window,
+        batch_size=batch_size,
+        on_progress=on_progress,
+        label=label,
+        dtype=dtype,
     )
     if path is not None:
         write_text_atomic(path, json.dumps(result.to_json()))

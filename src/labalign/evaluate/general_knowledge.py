@@ -108,6 +108,7 @@ def score(
     batch_size: int = 16,
     on_progress: ProgressCallback | None = None,
     label: str = "model",
+    dtype: str = "auto",
 ) -> Scores:
     """Log-likelihood of each option given its question, in-process and batched (right padding)."""
     identity, loglik = score_continuations(
@@ -116,6 +117,7 @@ def score(
         batch_size=batch_size,
         on_progress=on_progress,
         phase=f"{label}: general knowledge",
+        dtype=dtype,
     )
     return Scores(identity, loglik)
 
@@ -127,10 +129,16 @@ def score_cached(
     *,
     on_progress: ProgressCallback | None = None,
     label: str = "model",
+    dtype: str = "auto",
 ) -> Scores:
-    """`score`, remembered per (weights, questions) in `cache_dir`."""
+    """`score`, remembered per (weights, questions, dtype) in `cache_dir`."""
     identity, loglik = score_continuations_cached(
-        model_dir, _items(questions), cache_dir, on_progress=on_progress, phase=f"{label}: general knowledge"
+        model_dir,
+        _items(questions),
+        cache_dir,
+        on_progress=on_progress,
+        phase=f"{label}: general knowledge",
+        dtype=dtype,
     )
     return Scores(identity, loglik)
 

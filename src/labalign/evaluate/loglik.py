@@ -20,17 +20,18 @@ def score_continuations(
     batch_size: int = 16,
     on_progress: ProgressCallback | None = None,
     phase: str = "scoring",
+    dtype: str = "auto",
 ) -> tuple[str, list[list[float]]]:
     """(weights identity, log-likelihood in nats of each continuation of each item): for every
     (context, continuations) item, the sum of log p(token) over the continuation's tokens after the
     context. The context is tokenized with the tokenizer's special tokens, each continuation without
-    (so a continuation carries its own leading space)."""
+    (so a continuation carries its own leading space). `dtype`: see forgetting.scoring_dtype."""
     import torch
 
     from labalign.evaluate.forgetting import load_scoring_model, right_padded_hidden
     from labalign.modeling.loss import head_logits
 
-    model, tokenizer, spec, identity = load_scoring_model(model_dir)
+    model, tokenizer, spec, identity = load_scoring_model(model_dir, dtype)
     device = spec.weight.device
     rows: list[tuple[int, int, list[int], int]] = []  # (item, continuation, ids, where it starts)
     for qi, (context, continuations) in enumerate(items):
@@ -72,12 +73,19 @@ def score_continuations_cached(
     batch_size: int = 16,
     on_progress: ProgressCallback | None = None,
     phase: str = "scoring",
+    dtype: str = "auto",
 ) -> tuple[str, list[list[float]]]:
-    """`score_continuations`, remembered per (weights, items) in `cache_dir`: the base model's scores are
-    computed once per machine, as its perplexity and general knowledge are."""
+    """`score_continuations`, remembered per (weights, items, dtype) in `cache_dir`: the base model's
+    scores are computed once per machine, as its perplexity and general knowledge are."""
+    from labalign.evaluate.forgetting import scoring_dtype
     from labalign.llm.hf import model_dir_identity
 
-    key = json.dumps({"model": model_dir_identity(model_dir), "items": items}, sort_keys=True)
+    dtype = scoring_dtype(dtype)
+    key = json.dumps(
+        {"model": model_dir_identity(model_dir), "items": items}
+        | ({} if dtype == "float32" else {"dtype": dtype}),  # float32: the keys written before dtypes
+        sort_keys=True,
+    )
     path = cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json" if cache_dir else None
     if path is not None and path.is_file():
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -85,7 +93,7 @@ def score_continuations_cached(
             on_progress(f"{phase} (cached)", 1, 1)
         return data["identity"], data["loglik"]
     identity, loglik = score_continuations(
-        model_dir, items, batch_size=batch_size, on_progress=on_progress, phase=phase
+        model_dir, items, batch_size=batch_size, on_progress=on_progress, phase=phase, dtype=dtype
     )
     if path is not None:
         write_text_atomic(path, json.dumps({"identity": identity, "loglik": loglik}))

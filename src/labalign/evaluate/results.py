@@ -231,6 +231,7 @@ class ForgettingResult(ForgettingSummary):
     styles: dict[str, StylePerplexity]
     documents: list[ForgettingDocument]
     specs: Models | None = None
+    dtype: str | None = None  # what the log-likelihoods were computed in (bfloat16, float32)
 
     def summary(self) -> ForgettingSummary:
         return ForgettingSummary.model_validate(self.model_dump(include=set(ForgettingSummary.model_fields)))
@@ -281,6 +282,7 @@ class GeneralKnowledgeResult(GeneralKnowledgeSummary):
     subjects: dict[str, SubjectAccuracy]
     questions: list[GeneralKnowledgePick]
     specs: Models | None = None
+    dtype: str | None = None  # what the log-likelihoods were computed in (bfloat16, float32)
 
     def summary(self) -> GeneralKnowledgeSummary:
         return GeneralKnowledgeSummary.model_validate(
@@ -332,6 +334,7 @@ class MmluBranchResult(MmluBranchScore):
     leaves: dict[str, MmluBranchScore]
     items: list[MmluBranchItem]
     specs: Models | None = None
+    dtype: str | None = None  # what the log-likelihoods were computed in (bfloat16, float32)
 
     def summary(self) -> MmluBranchSummary:
         kept = self.model_dump(include=set(MmluBranchSummary.model_fields) - {"leaves"})

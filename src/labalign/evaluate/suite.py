@@ -90,6 +90,7 @@ class EvalPlan:
     mmlu_num_fewshot: int | None = None  # None: the task's default (MMLU: 0)
     mmlu_tokenizer: Path | None = None  # URL models: a local copy of the server model's tokenizer
     batch_size: int = 8  # in-process scoring (perplexity, lm-eval)
+    scoring_dtype: str = "auto"  # perplexity, general knowledge, MMLU-branch (forgetting.scoring_dtype)
     mmlu_branch_items: int = mmlu_branch.DEFAULT_MAX_ITEMS  # per knowledge leaf
     open_book_k: int = open_book.DEFAULT_K  # paragraphs retrieved into the prompt
 
@@ -98,6 +99,11 @@ class EvalPlan:
         if unknown:
             raise LabalignError(
                 f"unknown evaluation {', '.join(unknown)}", hint=f"use {', '.join(EVALUATIONS)}"
+            )
+        if self.scoring_dtype not in forgetting.SCORING_DTYPES:
+            raise LabalignError(
+                f"unknown scoring dtype {self.scoring_dtype!r}",
+                hint=f"use one of: {', '.join(forgetting.SCORING_DTYPES)}",
             )
 
     def specs(self) -> Models:
@@ -241,7 +247,11 @@ def run_forgetting(
     model, base_spec = _weights_pair(plan, "the forgetting check")
     docs = forgetting.load_documents(plan.general_text)
     store = settings.cache_dir / "eval" / "perplexity"
-    kw: dict[str, Any] = {"batch_size": plan.batch_size, "on_progress": on_progress}
+    kw: dict[str, Any] = {
+        "batch_size": plan.batch_size,
+        "on_progress": on_progress,
+        "dtype": plan.scoring_dtype,
+    }
     tuned = forgetting.score_cached(weights_dir(model, settings.cache_dir), docs, store, label="tuned", **kw)
     base = forgetting.score_cached(
         weights_dir(base_spec, settings.cache_dir), docs, store, label="base", **kw
@@ -249,6 +259,7 @@ def run_forgetting(
     source = str(plan.general_text) if plan.general_text else "labalign general_text.jsonl (shipped)"
     result = forgetting.compare(docs, tuned, base, threshold=plan.forgetting_threshold, source=source)
     result.specs = Models(model=plan.model, base=plan.base)
+    result.dtype = forgetting.scoring_dtype(plan.scoring_dtype)
     mt = mt_bench_result
     if mt is None:
         saved = load_result(plan.out, "mt_bench")
@@ -296,15 +307,17 @@ def run_general_knowledge(
     model, base_spec = _weights_pair(plan, "the general-knowledge check")
     questions = general_knowledge.load_questions(plan.general_knowledge)
     store = settings.cache_dir / "eval" / "general_knowledge"
+    kw: dict[str, Any] = {"on_progress": on_progress, "dtype": plan.scoring_dtype}
     tuned = general_knowledge.score_cached(
-        weights_dir(model, settings.cache_dir), questions, store, on_progress=on_progress, label="tuned"
+        weights_dir(model, settings.cache_dir), questions, store, label="tuned", **kw
     )
     base = general_knowledge.score_cached(
-        weights_dir(base_spec, settings.cache_dir), questions, store, on_progress=on_progress, label="base"
+        weights_dir(base_spec, settings.cache_dir), questions, store, label="base", **kw
     )
     source = str(plan.general_knowledge or "labalign general_knowledge.jsonl (shipped)")
     result = general_knowledge.compare(questions, tuned, base, source=source)
     result.specs = Models(model=plan.model, base=plan.base)
+    result.dtype = forgetting.scoring_dtype(plan.scoring_dtype)
     plan.out.mkdir(parents=True, exist_ok=True)
     save(plan.out / "general_knowledge.json", result)
     return result
@@ -363,11 +376,13 @@ def run_mmlu_branch(
             batch_size=2 * plan.batch_size,
             on_progress=on_progress,
             phase=f"{label}: MMLU-branch",
+            dtype=plan.scoring_dtype,
         )
         for label, spec in (("tuned", model), ("base", base_spec))
     }
     result = mmlu_branch.compare(items, scored["tuned"], scored["base"])
     result.specs = Models(model=plan.model, base=plan.base)
+    result.dtype = forgetting.scoring_dtype(plan.scoring_dtype)
     save(plan.out / "mmlu_branch.json", result)
     return result
 
