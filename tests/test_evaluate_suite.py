@@ -158,6 +158,7 @@ def test_evaluate_all_every_evaluation(fakes: dict[str, str], tmp_path: Path) ->
     ):
         assert title in html
     assert "Now answered (closed book)" in html and "<mark>" in html
+    assert html.count(f"log-likelihoods computed in {forgetting.scoring_dtype('auto')}") == 3
     assert len(re.findall(r'src="data:image/png;base64,', html)) == 6
     assert "general-text perplexity rose" in html and "skipped" not in html
     assert html.count(" min)</span>") == 7

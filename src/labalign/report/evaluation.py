@@ -212,6 +212,11 @@ def _mmlu(data: MmluResult, eval_dir: Path) -> str:
     )
 
 
+def _scored_in(dtype: str | None) -> str:
+    """Which precision the log-likelihoods were computed in (results written before it was recorded: none)."""
+    return f"<p>log-likelihoods computed in {escape(dtype)}, base and tuned alike</p>" if dtype else ""
+
+
 def _forgetting(data: ForgettingResult, eval_dir: Path) -> str:
     rows = [
         [_td(style), _cell(v.base, 2), _cell(v.model, 2), _cell(v.model / v.base)]
@@ -226,6 +231,7 @@ def _forgetting(data: ForgettingResult, eval_dir: Path) -> str:
         f"({escape(data.dataset.source)}); flagged when tuned perplexity exceeds the "
         f"base's by more than {100 * data.threshold:.0f}%.</p>",
         _table(["text", "base perplexity", "tuned perplexity", "ratio"], rows),
+        _scored_in(data.dtype),
     ]
     if data.flagged:
         parts.append(f'<p class="flag">forgetting: perplexity up {100 * (data.ratio - 1):.1f}%</p>')
@@ -253,6 +259,7 @@ def _general_knowledge(data: GeneralKnowledgeResult, eval_dir: Path) -> str:
             ["tuned - base", "gained", "lost"],
             [[_accuracy_delta(data), _td(str(data.gained)), _td(str(data.lost))]],
         ),
+        _scored_in(data.dtype),
     ]
     if data.regression:
         parts.append(f'<p class="flag">general knowledge lost: {data.delta:+.3f}</p>')
@@ -279,6 +286,7 @@ def _mmlu_branch(data: MmluBranchResult, eval_dir: Path) -> str:
         f"three of the same kind from elsewhere in the documents; {escape(data.metric)}; chance "
         f"{data.chance:.2f}.</p>",
         _table(["leaf", "items", "base accuracy", "tuned accuracy", "tuned - base [95% CI]"], rows),
+        _scored_in(data.dtype),
         f"<p>{len(learned)} facts the tuned model completes and the base did not; {len(missed)} it still "
         "gets wrong.</p>",
     ]
