@@ -30,6 +30,8 @@ from typing import Any
 
 from forgetting_tradeoff import ROOT, _ci, _gain, _prepare, named_settings, run_labalign
 
+from labalign.evaluate.results import BranchResult, load_result
+
 MIXES: dict[str, dict[str, str]] = {
     "facts": {},
     "pretraining": {"sdg.document_pretraining": "true"},
@@ -41,7 +43,9 @@ MIXES: dict[str, dict[str, str]] = {
 def _row(name: str, run: Path) -> dict[str, Any]:
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     evals = run / "eval"
-    branch = json.loads((evals / "branch.json").read_text())
+    branch = load_result(evals, "branch")
+    if not isinstance(branch, BranchResult):
+        raise SystemExit(f"{evals}: no branch result (skipped or not run)")
     forgetting = json.loads((evals / "forgetting.json").read_text())
     mb_path, ob_path = evals / "mmlu_branch.json", evals / "open_book.json"
     mb = json.loads(mb_path.read_text()) if mb_path.is_file() else {}
