@@ -143,6 +143,20 @@ def _check_head(model: Any, spec: Any, device: Any) -> None:
 SCORING_DTYPES = ("auto", "float32", "bfloat16")
 
 
+def check_scoring_dtype(requested: str) -> None:
+    """LabalignError for a name scoring_dtype does not know (cheap: nothing is imported)."""
+    if requested not in SCORING_DTYPES:
+        raise LabalignError(
+            f"unknown scoring dtype {requested!r}", hint=f"use one of: {', '.join(SCORING_DTYPES)}"
+        )
+
+
+def dtype_key(dtype: str) -> dict[str, str]:
+    """The cache-key fields of scores computed in `dtype` (resolved): none for float32, so the scores
+    cached before dtypes were recorded (all float32) are still found."""
+    return {} if dtype == "float32" else {"dtype": dtype}
+
+
 def scoring_dtype(requested: str = "auto") -> str:
     """The dtype log-likelihood scoring runs in (perplexity, general knowledge, MMLU-branch).
 
@@ -151,10 +165,7 @@ def scoring_dtype(requested: str = "auto") -> str:
     scores are kept per dtype, so a ratio or delta never mixes the two."""
     from labalign.llm.hf import native_bf16, pick_device, pick_dtype
 
-    if requested not in SCORING_DTYPES:
-        raise LabalignError(
-            f"unknown scoring dtype {requested!r}", hint=f"use one of: {', '.join(SCORING_DTYPES)}"
-        )
+    check_scoring_dtype(requested)
     if requested != "auto":
         return requested
     device = pick_device(None)
@@ -268,7 +279,7 @@ def score_cached(
     dtype = scoring_dtype(dtype)
     key_src = json.dumps(
         {"model": model_dir_identity(model_dir), "docs": [d.text for d in docs], "window": window}
-        | ({} if dtype == "float32" else {"dtype": dtype}),  # float32: the keys written before dtypes
+        | dtype_key(dtype),
         sort_keys=True,
     )
     path = None

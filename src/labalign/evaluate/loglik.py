@@ -77,14 +77,12 @@ def score_continuations_cached(
 ) -> tuple[str, list[list[float]]]:
     """`score_continuations`, remembered per (weights, items, dtype) in `cache_dir`: the base model's
     scores are computed once per machine, as its perplexity and general knowledge are."""
-    from labalign.evaluate.forgetting import scoring_dtype
+    from labalign.evaluate.forgetting import dtype_key, scoring_dtype
     from labalign.llm.hf import model_dir_identity
 
     dtype = scoring_dtype(dtype)
     key = json.dumps(
-        {"model": model_dir_identity(model_dir), "items": items}
-        | ({} if dtype == "float32" else {"dtype": dtype}),  # float32: the keys written before dtypes
-        sort_keys=True,
+        {"model": model_dir_identity(model_dir), "items": items} | dtype_key(dtype), sort_keys=True
     )
     path = cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json" if cache_dir else None
     if path is not None and path.is_file():

@@ -100,11 +100,7 @@ class EvalPlan:
             raise LabalignError(
                 f"unknown evaluation {', '.join(unknown)}", hint=f"use {', '.join(EVALUATIONS)}"
             )
-        if self.scoring_dtype not in forgetting.SCORING_DTYPES:
-            raise LabalignError(
-                f"unknown scoring dtype {self.scoring_dtype!r}",
-                hint=f"use one of: {', '.join(forgetting.SCORING_DTYPES)}",
-            )
+        forgetting.check_scoring_dtype(self.scoring_dtype)  # before any work
 
     def specs(self) -> Models:
         """The models as the user named them."""
