@@ -110,6 +110,32 @@ def test_continuation_loglik_matches_a_full_forward_pass(tmp_path: Path) -> None
             )
 
 
+@pytest.mark.parametrize("arch", ["gemma3", "llama"])
+def test_continuations_sharing_their_context_score_as_whole_rows_would(arch: str) -> None:
+    """The context runs once and its continuations go on from its (repeated) KV cache; contexts and
+    continuations of different lengths are padded. Gemma 3's sliding window (4) is shorter than the
+    rows, so both kinds of cache layer are repeated and attended through."""
+    from labalign.evaluate.loglik import _score_batch
+    from labalign.modeling.loss import head_spec
+    from tests.test_train_helpers import tiny_model
+
+    overrides: dict[str, Any] = {"sliding_window": 4} if arch == "gemma3" else {}
+    model = tiny_model(arch, vocab_size=97, **overrides).double().eval()
+    contexts = [[1, 5, 9, 11, 3, 7, 8, 40, 41], [1, 8], [1, 4, 4, 6, 50, 60]]
+    continuations = [[[12, 13, 14], [15]], [[16, 17, 18, 19, 20, 21, 22], [], [23, 24]], [[25, 26]]]
+    with torch.no_grad():
+        scores = _score_batch(model, head_spec(model), contexts, continuations)
+        for ctx, conts, row in zip(contexts, continuations, scores, strict=True):
+            assert len(row) == len(conts)
+            for cont, ll in zip(conts, row, strict=True):
+                if not cont:
+                    assert ll == 0.0
+                    continue
+                lsm = torch.log_softmax(model(input_ids=torch.tensor([ctx + cont])).logits[0], -1)
+                expected = sum(float(lsm[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+                assert ll == pytest.approx(expected, abs=1e-5)  # the softmax runs in fp32
+
+
 def question(text: str, reference: str, leaf: str = "knowledge/x") -> EvalQuestion:
     return EvalQuestion(leaf, "knowledge", "heldout", text, reference)
 

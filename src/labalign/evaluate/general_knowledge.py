@@ -105,7 +105,7 @@ def score(
     model_dir: Path,
     questions: Sequence[Question],
     *,
-    batch_size: int = 16,
+    batch_size: int = 32,
     on_progress: ProgressCallback | None = None,
     label: str = "model",
     dtype: str = "auto",

@@ -369,7 +369,7 @@ def run_mmlu_branch(
             weights_dir(spec, settings.cache_dir),
             rows,
             settings.cache_dir / "eval" / "mmlu_branch",
-            batch_size=2 * plan.batch_size,
+            batch_size=4 * plan.batch_size,  # continuations: 8 items of 4 options
             on_progress=on_progress,
             phase=f"{label}: MMLU-branch",
             dtype=plan.scoring_dtype,

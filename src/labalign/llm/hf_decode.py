@@ -32,7 +32,7 @@ def supports_row_dropping(model: Any) -> bool:
     return bool(check()) if callable(check) else False
 
 
-def _cache_keyword(model: Any) -> str:
+def cache_keyword(model: Any) -> str:
     """transformers 5.x renamed `past_key_values` to `cache` (the old name warns, then goes)."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -52,7 +52,7 @@ def decode(
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    cache_arg = _cache_keyword(model)
+    cache_arg = cache_keyword(model)
     live = list(range(input_ids.shape[0]))
     tokens_out: list[list[int]] = [[] for _ in live]
     mask = attention_mask
