@@ -71,6 +71,28 @@ def test_second_conversion_is_skipped(tiny: tuple[Path, Path], converted: Path) 
     assert marker is not None and marker["gguf_sha256"] == file_sha256(tiny[1])
 
 
+def test_a_conversion_parses_the_gguf_once_and_prints_no_bar_of_its_own(
+    tiny: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    import gguf
+
+    parses: list[str] = []
+    original = gguf.GGUFReader
+
+    def counting(path: Any, mode: str = "r") -> Any:
+        parses.append(os.fspath(path))
+        return original(path, mode)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting)
+    convert_gguf(tiny[1], tmp_path / "out")
+    assert parses == [str(tiny[1])]  # tokenizer, config and weights from one parse
+    assert gguf.GGUFReader is counting  # restored afterwards
+    assert "de-quantizing" not in capfd.readouterr().err
+
+
 def test_chat_template_in_the_gguf_is_kept(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     gguf = tiny_llama_gguf(tmp_path / "templated.gguf", model_dir=tiny[0], chat_template=template)

@@ -8,6 +8,7 @@ records the GGUF's sha256, and a directory that already holds that conversion is
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -234,7 +235,7 @@ def convert_gguf(
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        with quiet_transformers(transformers), _one_parse_per_file():
+        with quiet_transformers(transformers), _gguf_read_once_quietly():
             step("reading the tokenizer")
             tokenizer = transformers.AutoTokenizer.from_pretrained(
                 gguf_path.parent, gguf_file=gguf_path.name, local_files_only=True
@@ -285,7 +286,7 @@ def convert_gguf(
 
 
 @contextmanager
-def _one_parse_per_file() -> Iterator[None]:
+def _gguf_read_once_quietly() -> Iterator[None]:
     """transformers parses a GGUF three times for one conversion (tokenizer, config, weights), each
     parse building every metadata field: 14 s apiece for the default model's 262k-token vocabulary on
     2 cores. One parse serves all three: the conversion took 50 s, now 30 s, writing the same files."""
@@ -302,10 +303,18 @@ def _one_parse_per_file() -> Iterator[None]:
         return readers[key]
 
     module.GGUFReader = reader
+    # transformers' own tqdm for the tensors, which its progress-bar switch does not reach: the run
+    # shows its own progress, and this bar broke its output on a machine's first run.
+    loader: Any = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    bar = getattr(loader, "tqdm", None)
+    if bar is not None:
+        loader.tqdm = lambda iterable, *args, **kwargs: iterable
     try:
         yield
     finally:
         module.GGUFReader = original
+        if bar is not None:
+            loader.tqdm = bar
 
 
 def _plain_copy(loaded: Any, transformers: Any, torch_dtype: Any) -> Any:

@@ -33,7 +33,7 @@ PROFILES: dict[str, Profile] = {
     for p in (
         Profile(
             name="quick",
-            summary="embedded 270M teacher and student on the CPU; about 19 minutes on 2 cores with native "
+            summary="embedded 270M teacher and student on the CPU; about 18.5 minutes on 2 cores with native "
             "bf16 (first run; 15.5 after), forgetting within 10%",
             settings={
                 "sdg.samples_per_leaf": 6,
