@@ -82,7 +82,7 @@ def test_a_conversion_parses_the_gguf_once_and_prints_no_bar_of_its_own(
     parses: list[str] = []
     original = gguf.GGUFReader
 
-    def counting(path: Any, mode: str = "r") -> Any:
+    def counting(path: Any, mode: Any = "r") -> Any:
         parses.append(os.fspath(path))
         return original(path, mode)
 
