@@ -54,12 +54,15 @@ def score_continuations(
         key=lambda i: (-len(contexts[i]), -max(map(len, continuations[i]))),
     )
     batches: list[list[int]] = []
+    filled = 0  # continuations in the last batch
     for i in order:
-        if batches and sum(len(continuations[j]) for j in batches[-1]) + len(continuations[i]) <= batch_size:
+        if batches and filled + len(continuations[i]) <= batch_size:
             batches[-1].append(i)
+            filled += len(continuations[i])
         else:
             batches.append([i])
-    done = 0
+            filled = len(continuations[i])
+    done, total = 0, sum(map(len, continuations))
     with torch.no_grad():
         for batch in batches:
             for i, row in zip(
@@ -70,7 +73,7 @@ def score_continuations(
                 loglik[i] = row
             done += sum(len(continuations[i]) for i in batch)
             if on_progress is not None:
-                on_progress(phase, done, sum(map(len, continuations)))
+                on_progress(phase, done, total)
     del model
     return identity, loglik
 
@@ -105,7 +108,8 @@ def _score_batch(
         **{cache_arg: cache},
     ).last_hidden_state[:, -1]  # each context's last position predicts its continuations' first token
     rows = [(b, c) for b, conts in enumerate(continuations) for c in range(len(conts))]
-    cache.batch_select_indices(torch.tensor([b for b, _ in rows], device=device))
+    row_context = [b for b, _ in rows]
+    cache.batch_select_indices(torch.tensor(row_context, device=device))
     longest = max(len(continuations[b][c]) for b, c in rows)
     cont_ids = torch.zeros((len(rows), longest), dtype=torch.long)
     cont_mask = torch.zeros_like(cont_ids)
@@ -113,12 +117,12 @@ def _score_batch(
         ids = continuations[b][c]
         cont_ids[r, : len(ids)] = torch.tensor(ids)
         cont_mask[r, : len(ids)] = 1
-    starts = torch.tensor([len(contexts[b]) for b, _ in rows])
+    starts = torch.tensor([len(contexts[b]) for b in row_context])
     second = None
     if longest > 1:  # the last token of a continuation predicts nothing scored: run all but it
         second = decoder(
             input_ids=cont_ids[:, :-1].to(device),
-            attention_mask=torch.cat([ctx_mask[[b for b, _ in rows]], cont_mask[:, :-1]], 1).to(device),
+            attention_mask=torch.cat([ctx_mask[row_context], cont_mask[:, :-1]], 1).to(device),
             position_ids=(starts[:, None] + torch.arange(longest - 1)[None, :]).to(device),
             use_cache=True,
             **{cache_arg: cache},
