@@ -243,6 +243,22 @@ def test_profiles_sit_below_flags() -> None:
         get_profile("huge")
 
 
+def test_profile_summary_names_the_fp32_pace_on_a_cpu_without_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    import labalign.llm.hf as hf
+
+    quick = get_profile("quick")
+    assert quick.fp32_cpu_summary is not None and "fp32" in quick.fp32_cpu_summary
+    monkeypatch.setattr(hf, "pick_device", lambda requested: "cpu")
+    monkeypatch.setattr(hf, "native_bf16", lambda device: False)
+    assert quick.summary_here() == quick.fp32_cpu_summary
+    assert get_profile("standard").summary_here() == get_profile("standard").summary  # has none
+    monkeypatch.setattr(hf, "native_bf16", lambda device: True)
+    assert quick.summary_here() == quick.summary
+    monkeypatch.setattr(hf, "pick_device", lambda requested: "cuda")
+    monkeypatch.setattr(hf, "native_bf16", lambda device: False)
+    assert quick.summary_here() == quick.summary  # a GPU: the CPU's pace says nothing
+
+
 def test_cli_missing_taxonomy_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

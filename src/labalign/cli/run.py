@@ -143,7 +143,7 @@ def run_command(
         command=["labalign", *sys.argv[1:]],
     )
     err_console.print(
-        f"run [bold]{escape(str(run_dir))}[/] · profile {chosen.name} ({chosen.summary}) · "
+        f"run [bold]{escape(str(run_dir))}[/] · profile {chosen.name} ({chosen.summary_here()}) · "
         f"teacher {escape(redact_text(s.teacher.model))} · student {escape(redact_text(student))}",
         soft_wrap=True,
         highlight=False,

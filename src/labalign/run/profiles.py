@@ -26,6 +26,18 @@ class Profile:
     evals: tuple[str, ...] = KNOWLEDGE_EVALS
     eval_max_tokens: int = 256
     eval_seeds: bool = True  # also ask each leaf's seed questions (InstructLab's MT-Bench-branch does)
+    # Shown instead of `summary` where training runs in fp32 on the CPU (no GPU, no native bf16): the
+    # time a profile promises depends on that more than on anything else.
+    fp32_cpu_summary: str | None = None
+
+    def summary_here(self) -> str:
+        """The summary for this machine: `fp32_cpu_summary` on a CPU without native bf16 and no GPU."""
+        if self.fp32_cpu_summary is None:
+            return self.summary
+        from labalign.llm.hf import native_bf16, pick_device
+
+        device = pick_device(None)
+        return self.fp32_cpu_summary if device == "cpu" and not native_bf16(device) else self.summary
 
 
 PROFILES: dict[str, Profile] = {
@@ -35,6 +47,11 @@ PROFILES: dict[str, Profile] = {
             name="quick",
             summary="embedded 270M teacher and student on the CPU; about 18.5 minutes on 2 cores with native "
             "bf16 (first run; 15.5 after), forgetting within 10%",
+            # Measured on 2 AVX2-only EPYC cores (docs/results.md): generate 6.8, train 21.8 (fp32),
+            # evaluate 11.5 minutes, against 4.2 / 9.2 / 5.1 on 2 AVX512-BF16 cores.
+            fp32_cpu_summary="embedded 270M teacher and student on the CPU; this CPU has no native bf16 "
+            "(AVX512-BF16 or AMX), so training runs in fp32: about 40 minutes on 2 cores (first run), "
+            "forgetting within 10%",
             settings={
                 "sdg.samples_per_leaf": 6,
                 "sdg.heldout_fraction": 0.2,

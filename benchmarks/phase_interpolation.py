@@ -1,0 +1,169 @@
+"""Where a run's knowledge, skills and drift live: phase 1's and phase 2's weight changes merged back
+toward the base by separate weights, against the uniform WiSE-FT merge the run uses.
+
+    python benchmarks/phase_interpolation.py --run runs/quick [--mix 0.5,0.5 --mix 0.3,0.7 ...]
+        [--branch 0.3,0.7 ...]
+
+final = base + w1 x (phase1 - base) + w2 x (phase2 - phase1), from the finished run's
+`train/phase1/best` and `train/phase2/best`; w1 = w2 = W is the run's own merge at W. For each
+(w1, w2) it prints the held-out general ratio that `train.interpolation auto` chooses W by (the same
+slice of the replay text, the same base losses). With `--branch` it also answers the example's held-out
+questions with that merge (`labalign evaluate branch`, the run's evaluation settings; the base's answers
+come from the machine's evaluation cache) and prints each leaf's token-F1 gain over the base.
+No retraining: every row is the same trained weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from labalign.evaluate.results import BranchResult, load_result
+from labalign.modeling.models import load_tokenizer
+from labalign.paths import default_cache_dir
+from labalign.settings.train import TrainSettings
+from labalign.train.anchor import base_targets
+from labalign.train.auto_interpolation import mean_nll
+from labalign.train.general import GeneralValidation, split_general, validation
+from labalign.train.model import attn_implementation, bf16_enabled
+from labalign.train.tokenize import load_tokenized
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pair(text: str) -> tuple[float, float]:
+    w1, _, w2 = text.partition(",")
+    return float(w1), float(w2)
+
+
+def _held_out_slice(run: Path, base: Path, s: TrainSettings, bf16: bool) -> GeneralValidation:
+    """The run's held-out replay slice and the base's losses on it (read from the machine's cache)."""
+    replay = load_tokenized(
+        run / "data" / "general_replay.jsonl",
+        load_tokenizer(base),
+        max_seq_len=s.max_seq_len,
+        long_samples=s.long_samples,
+        cache_dir=default_cache_dir(),
+    )
+    _, val = split_general(replay, s.general_validation, s.seed)
+    device = torch.device("cpu")
+    targets = base_targets(
+        base,
+        replay,
+        k=s.kl_top_k,
+        device=device,
+        bf16=bf16,
+        attn_implementation=attn_implementation(s.attn_implementation, device),
+        max_batch_tokens=s.max_batch_tokens,
+        cache_dir=default_cache_dir(),
+    )
+    general = validation(replay, val, targets.nll)
+    if general is None:
+        raise SystemExit(f"{run}: the run held out no replay text (train.general_validation 0)")
+    return general
+
+
+def merge(
+    base: dict[str, torch.Tensor],
+    p1: dict[str, torch.Tensor],
+    p2: dict[str, torch.Tensor],
+    w1: float,
+    w2: float,
+) -> dict[str, torch.Tensor]:
+    """base + w1 (p1 - base) + w2 (p2 - p1) in fp32, in the tuned dtype (frozen tensors as they are)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t2 in p2.items():
+        b = base[name]
+        if torch.equal(b.to(t2.dtype), t2):
+            out[name] = t2
+            continue
+        b32, t1, t2f = b.float(), p1[name].float(), t2.float()
+        out[name] = (b32 + w1 * (t1 - b32) + w2 * (t2f - t1)).to(t2.dtype).contiguous()
+    return out
+
+
+def _branch(model: Path, run: Path, out: Path) -> dict[str, float]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "labalign",
+        "evaluate",
+        "branch",
+        str(ROOT / "examples" / "taxonomy"),
+        "--model",
+        str(model),
+        "--base",
+        json.loads((run / "train" / "run.json").read_text())["model"],
+        "--data",
+        str(run / "data"),
+        "--no-seeds",
+        "--max-tokens",
+        "96",
+        "--out",
+        str(out),
+    ]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    result = load_result(out, "branch")
+    assert isinstance(result, BranchResult)
+    return {row.leaf.rsplit("/", 1)[-1]: row.delta.f1.mean for row in result.leaves if row.delta is not None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--run", type=Path, required=True, help="a finished `labalign run` directory")
+    parser.add_argument("--mix", type=_pair, action="append", default=[], help="w1,w2 (repeatable)")
+    parser.add_argument("--branch", type=_pair, action="append", default=[], help="w1,w2 also evaluated")
+    parser.add_argument("--work", type=Path, default=Path("runs/phase_interpolation"))
+    args = parser.parse_args()
+    run: Path = args.run
+    record: dict[str, Any] = json.loads((run / "train" / "run.json").read_text())
+    base = Path(record["model"])
+    s = TrainSettings(**record["settings"])
+    bf16 = bf16_enabled(s.bf16, torch.device("cpu"))
+    general = _held_out_slice(run, base, s, bf16)
+    base_w, p1_w, p2_w = (
+        load_file(str(d / "model.safetensors"))
+        for d in (base, run / "train" / "phase1" / "best", run / "train" / "phase2" / "best")
+    )
+    from transformers import AutoModelForCausalLM
+
+    mixes = list(dict.fromkeys([*args.mix, *args.branch])) or [(1.0, 1.0)]
+    print(
+        f"{'w1':>5} {'w2':>5} {'held-out ratio':>15}  branch token-F1 gains (W = w1 = w2 is the run's merge)"
+    )
+    for w1, w2 in mixes:
+        start = time.perf_counter()
+        model_dir = args.work / f"w{w1:g}_{w2:g}"
+        shutil.copytree(
+            run / "train" / "phase2" / "best",
+            model_dir,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("*.safetensors"),
+        )
+        save_file(
+            merge(base_w, p1_w, p2_w, w1, w2), str(model_dir / "model.safetensors"), metadata={"format": "pt"}
+        )
+        model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        model.eval()
+        ratio = general.ratio(mean_nll(model, general, bf16=bf16))
+        del model
+        gains = ""
+        if (w1, w2) in args.branch:
+            scores = _branch(model_dir, run, model_dir / "eval")
+            gains = ", ".join(f"{leaf} {gain:+.3f}" for leaf, gain in scores.items())
+        print(f"{w1:5g} {w2:5g} {ratio:15.4f}  {gains}  ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
