@@ -31,10 +31,10 @@ from labalign.evaluate.results import BranchResult, load_result
 from labalign.modeling.models import load_tokenizer
 from labalign.paths import default_cache_dir
 from labalign.settings.train import TrainSettings
-from labalign.train.anchor import base_targets
 from labalign.train.auto_interpolation import mean_nll
 from labalign.train.general import GeneralValidation, split_general, validation
-from labalign.train.model import attn_implementation, bf16_enabled
+from labalign.train.model import bf16_enabled
+from labalign.train.phases import replay_base_targets
 from labalign.train.tokenize import load_tokenized
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def _pair(text: str) -> tuple[float, float]:
     return float(w1), float(w2)
 
 
-def _held_out_slice(run: Path, base: Path, s: TrainSettings, bf16: bool) -> GeneralValidation:
+def _held_out_slice(run: Path, base: Path, s: TrainSettings) -> GeneralValidation:
     """The run's held-out replay slice and the base's losses on it (read from the machine's cache)."""
     replay = load_tokenized(
         run / "data" / "general_replay.jsonl",
@@ -55,17 +55,7 @@ def _held_out_slice(run: Path, base: Path, s: TrainSettings, bf16: bool) -> Gene
         cache_dir=default_cache_dir(),
     )
     _, val = split_general(replay, s.general_validation, s.seed)
-    device = torch.device("cpu")
-    targets = base_targets(
-        base,
-        replay,
-        k=s.kl_top_k,
-        device=device,
-        bf16=bf16,
-        attn_implementation=attn_implementation(s.attn_implementation, device),
-        max_batch_tokens=s.max_batch_tokens,
-        cache_dir=default_cache_dir(),
-    )
+    targets = replay_base_targets(s, base, replay, torch.device("cpu"), default_cache_dir())
     general = validation(replay, val, targets.nll)
     if general is None:
         raise SystemExit(f"{run}: the run held out no replay text (train.general_validation 0)")
@@ -131,7 +121,7 @@ def main() -> None:
     base = Path(record["model"])
     s = TrainSettings(**record["settings"])
     bf16 = bf16_enabled(s.bf16, torch.device("cpu"))
-    general = _held_out_slice(run, base, s, bf16)
+    general = _held_out_slice(run, base, s)
     base_w, p1_w, p2_w = (
         load_file(str(d / "model.safetensors"))
         for d in (base, run / "train" / "phase1" / "best", run / "train" / "phase2" / "best")

@@ -171,6 +171,22 @@ class ReplayPool:
     validation: GeneralValidation | None
 
 
+def replay_base_targets(
+    s: TrainSettings, model_path: Path, replay: TokenizedData, device: Any, cache_dir: Path
+) -> BaseTargets:
+    """The base's targets over the replay pool as training computes them under `s` (cached on disk)."""
+    return base_targets(
+        model_path,
+        replay,
+        k=s.kl_top_k,
+        device=device,
+        bf16=bf16_enabled(s.bf16, device),
+        attn_implementation=attn_implementation(s.attn_implementation, device),
+        max_batch_tokens=s.max_batch_tokens,
+        cache_dir=cache_dir,
+    )
+
+
 def prepare_replay(
     config: TrainConfig, model_path: Path, replay: TokenizedData, ctx: DistContext, cache_dir: Path
 ) -> ReplayPool:
@@ -187,20 +203,9 @@ def prepare_replay(
     pool.stats = replay.stats
     targets = None
     if s.kl_weight > 0 or val_idx:
-        device = ctx.device
-        bf16 = bf16_enabled(s.bf16, device)
 
         def compute() -> BaseTargets:
-            return base_targets(
-                model_path,
-                replay,
-                k=s.kl_top_k,
-                device=device,
-                bf16=bf16,
-                attn_implementation=attn_implementation(s.attn_implementation, device),
-                max_batch_tokens=s.max_batch_tokens,
-                cache_dir=cache_dir,
-            )
+            return replay_base_targets(s, model_path, replay, ctx.device, cache_dir)
 
         if ctx.distributed:
             _on_main(ctx, lambda: bool(compute()))  # the main process fills the cache
