@@ -198,3 +198,38 @@ def test_an_empty_phase_file_is_skipped_with_a_warning(
     assert result.exit_code == 0, result.output
     assert "phase1 is skipped" in result.output
     assert (out / "final" / "config.json").is_file() and not (out / "phase1").exists()
+
+
+def test_profile_gives_the_runs_training_settings_under_config_and_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train --profile quick` trains as `labalign run` would (its train.* settings); the config file and
+    flags still win over it; an unknown profile is a one-line error naming the choices."""
+    from labalign.run.profiles import get_profile
+
+    quick = get_profile("quick").settings
+    seen: list[TrainConfig] = []
+
+    def fake_train(config: TrainConfig) -> None:
+        seen.append(config)
+        raise typer.Exit(0)
+
+    monkeypatch.setattr("labalign.train.phases.train", fake_train)
+    config = tmp_path / "x.yaml"
+    config.write_text("train:\n  kl_weight: 3.0\n")
+    base = ["train", "--phase1", "a.jsonl", "--out", "o", "--no-progress"]
+    assert runner.invoke(_app(), [*base, "--profile", "quick", "--lora-rank", "8"]).exit_code == 0
+    assert runner.invoke(_app(), ["--config", str(config), *base, "-p", "quick"]).exit_code == 0
+    assert runner.invoke(_app(), base).exit_code == 0
+    by_profile, under_config, plain = (c.settings for c in seen)
+    assert by_profile.interpolation == quick["train.interpolation"] == "auto"
+    assert (by_profile.phase1_epochs, by_profile.replay_ratio) == (
+        quick["train.phase1_epochs"],
+        quick["train.replay_ratio"],
+    )
+    assert by_profile.lora_rank == 8  # the flag over the profile's 32
+    assert under_config.kl_weight == 3.0 and under_config.lora_rank == quick["train.lora_rank"]
+    assert plain.interpolation != "auto" and plain.replay_ratio == 0  # no profile: the settings alone
+    result = runner.invoke(_app(), [*base, "--profile", "huge"])
+    assert result.exit_code == 1 and "unknown profile 'huge'" in result.output
+    assert "quick" in result.output

@@ -11,8 +11,9 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from labalign.cli._common import OutputFormat, console, print_json, settings
+from labalign.cli._common import OutputFormat, console, layered_settings, print_json
 from labalign.errors import ConfigError
+from labalign.run.profiles import PROFILES, get_profile
 
 # Flag name -> TrainSettings field, for the flags that override settings (unset flags keep the file's
 # or environment's value).
@@ -80,11 +81,14 @@ class DistributedChoice(StrEnum):
     fsdp = "fsdp"
 
 
-def _train_settings(ctx: typer.Context, flags: dict[str, Any]) -> tuple[Any, Path]:
-    """TrainSettings from the `train:` settings section (when the config has one) plus these flags."""
+def _train_settings(
+    ctx: typer.Context, flags: dict[str, Any], profile: str | None = None
+) -> tuple[Any, Path]:
+    """TrainSettings from a run profile's `train.` settings, then the `train:` settings section (when the
+    config has one), then these flags."""
     from labalign.settings.train import TrainSettings
 
-    s = settings(ctx)
+    s = layered_settings(ctx, get_profile(profile).settings if profile else None, {})
     base = getattr(s, "train", None)
     data = base.model_dump() if isinstance(base, TrainSettings) else {}
     for flag, value in flags.items():
@@ -153,6 +157,13 @@ def train(
     phase1: Path = typer.Option(None, "--phase1", help="Phase 1 (knowledge) messages JSONL."),
     phase2: Path = typer.Option(None, "--phase2", help="Phase 2 (skills + replay) messages JSONL."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory of the run."),
+    profile: str = typer.Option(
+        None,
+        "--profile",
+        "-p",
+        help=f"Settings profile, as in `labalign run` ({', '.join(PROFILES)}): its training settings under "
+        "the config file, env and flags. Default: the settings alone.",
+    ),
     strategy: StrategyChoice = typer.Option(None, "--strategy", help="phased (default) or stacked."),
     epochs: int = typer.Option(None, "--epochs", help="Epochs per phase."),
     phase1_epochs: int = typer.Option(None, "--phase1-epochs", help="Epochs of phase 1."),
@@ -243,7 +254,7 @@ def train(
     Example: labalign train --model default --phase1 phase1.jsonl --phase2 phase2.jsonl --out runs/a --lora
     """
     flags = {name: value for name, value in ctx.params.items() if name in _SETTING_FLAGS}
-    train_settings, cache_dir = _train_settings(ctx, flags)
+    train_settings, cache_dir = _train_settings(ctx, flags, profile)
     from labalign.train.launch import launch
     from labalign.train.phases import TrainConfig
 
