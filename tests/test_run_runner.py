@@ -13,6 +13,7 @@ import pytest
 from rich.console import Console
 
 from labalign.config import load_settings
+from labalign.dirlock import GENERATE_LOCK, locked
 from labalign.errors import LabalignError
 from labalign.manifest import (
     EvaluateSummary,
@@ -212,6 +213,21 @@ def test_one_run_per_directory(monkeypatch: pytest.MonkeyPatch, taxonomy: Path, 
         fcntl.flock(handle, fcntl.LOCK_EX)
         with pytest.raises(LabalignError, match="another labalign run"):
             go(taxonomy, tmp_path / "run")
+
+
+def test_run_and_generate_never_write_the_same_data_folder_at_once(
+    monkeypatch: pytest.MonkeyPatch, taxonomy: Path, tmp_path: Path
+) -> None:
+    """A `labalign generate --out RUN/data` at work stops the run's generate stage before it starts, with
+    the one-line error; once it is gone the run generates."""
+    rec = Recorder(monkeypatch)
+    with locked(tmp_path / "run" / "data", what=GENERATE_LOCK):  # as `labalign generate` holds it
+        with pytest.raises(LabalignError, match="another labalign generate or run is working") as info:
+            go(taxonomy, tmp_path / "run")
+        assert Path(str(info.value.path)) == tmp_path / "run" / "data"
+        assert rec.ran() == ["report"]  # generate never started; the report shows why
+    go(taxonomy, tmp_path / "run")
+    assert rec.ran()[0].startswith("generate")
 
 
 def test_damaged_manifest_is_a_one_line_error(taxonomy: Path, tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 from labalign.errors import LabalignError
 
 LOCK_FILE = ".lock"
+# Who holds a data folder's lock: `labalign generate` there, or a run's generate stage in RUN/data.
+GENERATE_LOCK = "labalign generate or run"
 
 
 @contextlib.contextmanager

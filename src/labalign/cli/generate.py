@@ -20,7 +20,7 @@ from labalign.cli._common import (
     layered_settings,
     print_json,
 )
-from labalign.dirlock import locked
+from labalign.dirlock import GENERATE_LOCK, locked
 from labalign.errors import LabalignError
 from labalign.interrupts import stop_promptly
 from labalign.jsonl import read_jsonl
@@ -108,7 +108,7 @@ def generate_command(
     jobs = leaf_inputs(chosen, s)
     cache = None if no_cache else out / "cache.sqlite"
     options = options_from_settings(s, pipelines)
-    with locked(out, what="labalign generate"), stop_promptly("run the same command again to resume"):
+    with locked(out, what=GENERATE_LOCK), stop_promptly("run the same command again to resume"):
         teacher_backend = open_teacher(s.teacher.model, s, cache)
         judge_backend = open_teacher(s.sdg.judge, s, cache) if s.sdg.judge else None
         result = asyncio.run(run_generation(jobs, teacher_backend, judge_backend, out, options, err_console))

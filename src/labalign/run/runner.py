@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from labalign.config import Settings
-from labalign.dirlock import locked
+from labalign.dirlock import GENERATE_LOCK, locked
 from labalign.errors import LabalignError
 from labalign.evaluate.questions import default_heldout_dir
 from labalign.interrupts import stop_promptly
@@ -22,7 +22,7 @@ from labalign.manifest import STAGES, Manifest, StageRecord, load_manifest, now
 from labalign.redact import redact_argv, redact_data
 from labalign.run.inputs import changed_inputs, changed_settings, collect_inputs, fingerprint, subset
 from labalign.run.profiles import Profile
-from labalign.run.stages import STAGE_FUNCTIONS, RunContext
+from labalign.run.stages import DATA, STAGE_FUNCTIONS, RunContext
 
 _VERSIONED = ("labalign", "torch", "transformers", "peft", "llama-cpp-python", "openai", "lm-eval")
 
@@ -123,6 +123,13 @@ class Runner:
             nproc=self.options.nproc,
         )
 
+    def _stage_lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """The generate stage writes where `labalign generate --out RUN/data` would: each holds that
+        folder's lock, so the two never interleave their files (the run's own lock is on RUN only)."""
+        if name == "generate":
+            return locked(self.run_dir / DATA, what=GENERATE_LOCK)
+        return contextlib.nullcontext()
+
     def _stage(self, name: str, ctx: RunContext, fp: str | None) -> None:
         record = self.manifest.stage(name)
         record.status, record.started, record.finished = "running", now(), None
@@ -134,7 +141,8 @@ class Runner:
         self.console.rule(f"[bold]{name}[/]" + ("" if ctx.fresh else " (resuming)"))
         start = time.monotonic()
         try:
-            record.summary = STAGE_FUNCTIONS[name](ctx)
+            with self._stage_lock(name):
+                record.summary = STAGE_FUNCTIONS[name](ctx)
         except KeyboardInterrupt:
             self._end(record, start, "interrupted", "interrupted")
             raise RunInterrupted(
