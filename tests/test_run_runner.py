@@ -260,17 +260,19 @@ def test_profiles_sit_below_flags() -> None:
 
 
 def test_profile_summary_names_the_fp32_pace_on_a_cpu_without_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
     import labalign.llm.hf as hf
 
     quick = get_profile("quick")
     assert quick.fp32_cpu_summary is not None and "fp32" in quick.fp32_cpu_summary
-    monkeypatch.setattr(hf, "pick_device", lambda requested: "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(hf, "native_bf16", lambda device: False)
     assert quick.summary_here() == quick.fp32_cpu_summary
     assert get_profile("standard").summary_here() == get_profile("standard").summary  # has none
     monkeypatch.setattr(hf, "native_bf16", lambda device: True)
     assert quick.summary_here() == quick.summary
-    monkeypatch.setattr(hf, "pick_device", lambda requested: "cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(hf, "native_bf16", lambda device: False)
     assert quick.summary_here() == quick.summary  # a GPU: the CPU's pace says nothing
 

@@ -81,9 +81,7 @@ class DistributedChoice(StrEnum):
     fsdp = "fsdp"
 
 
-def _train_settings(
-    ctx: typer.Context, flags: dict[str, Any], profile: str | None = None
-) -> tuple[Any, Path]:
+def _train_settings(ctx: typer.Context, flags: dict[str, Any], profile: str | None) -> tuple[Any, Path]:
     """TrainSettings from a run profile's `train.` settings, then the `train:` settings section (when the
     config has one), then these flags."""
     from labalign.settings.train import TrainSettings

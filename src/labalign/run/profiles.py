@@ -31,13 +31,16 @@ class Profile:
     fp32_cpu_summary: str | None = None
 
     def summary_here(self) -> str:
-        """The summary for this machine: `fp32_cpu_summary` on a CPU without native bf16 and no GPU."""
+        """The summary for this machine: `fp32_cpu_summary` where training runs on the CPU (no CUDA GPU:
+        the trainer's rule, so an Apple GPU counts as none) and that CPU has no native bf16."""
         if self.fp32_cpu_summary is None:
             return self.summary
-        from labalign.llm.hf import native_bf16, pick_device
+        import torch
 
-        device = pick_device(None)
-        return self.fp32_cpu_summary if device == "cpu" and not native_bf16(device) else self.summary
+        from labalign.llm.hf import native_bf16
+
+        on_cpu = not torch.cuda.is_available()
+        return self.fp32_cpu_summary if on_cpu and not native_bf16("cpu") else self.summary
 
 
 PROFILES: dict[str, Profile] = {
