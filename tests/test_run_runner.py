@@ -230,6 +230,35 @@ def test_run_and_generate_never_write_the_same_data_folder_at_once(
     assert rec.ran()[0].startswith("generate")
 
 
+def test_report_warns_of_a_final_it_cannot_export_not_of_one_never_trained(
+    monkeypatch: pytest.MonkeyPatch, taxonomy: Path, tmp_path: Path
+) -> None:
+    """A run stopped before training ends still renders its report: the GGUF export has nothing to do
+    then and says nothing; a final/ that is not a full model (an adapter) is worth a warning."""
+    import labalign.report
+
+    monkeypatch.setattr(labalign.report, "render_report", lambda run_dir: run_dir / "report.html")
+    out = io.StringIO()
+    profile = get_profile("quick")
+    ctx = stages.RunContext(
+        run_dir=tmp_path / "run",
+        taxonomy=taxonomy,
+        settings=load_settings(defaults=profile.settings),
+        profile=profile,
+        student="default",
+        eval_judge=None,
+        console=Console(file=out, width=200),
+    )
+    assert ctx.settings.train.export_gguf is not None
+    assert stages.report(ctx).gguf is None
+    assert out.getvalue() == ""
+    final = tmp_path / "run" / "train" / "final"
+    final.mkdir(parents=True)
+    (final / "adapter_config.json").write_text("{}")
+    assert stages.report(ctx).gguf is None
+    assert "no GGUF export" in out.getvalue() and "LoRA adapter" in out.getvalue()
+
+
 def test_damaged_manifest_is_a_one_line_error(taxonomy: Path, tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "manifest.json").write_text('{"stages": ')

@@ -238,7 +238,9 @@ def report(ctx: RunContext) -> ReportSummary:
     gguf = None
     quant = ctx.settings.train.export_gguf
     final = ctx.run_dir / TRAIN / "final"
-    if quant is not None and not (final / "config.json").is_file():
+    if quant is not None and not final.exists():
+        pass  # training never finished (a run stopped earlier): nothing to export, and nothing to warn of
+    elif quant is not None and not (final / "config.json").is_file():
         ctx.console.print(
             f"warning: no GGUF export: {final} is not a full model (a LoRA adapter? set train.merge_lora)",
             markup=False,
