@@ -11,6 +11,10 @@ slice of the replay text, the same base losses). With `--branch` it also answers
 questions with that merge (`labalign evaluate branch`, the run's evaluation settings; the base's answers
 come from the machine's evaluation cache) and prints each leaf's token-F1 gain over the base.
 No retraining: every row is the same trained weights.
+
+`--trim P,S` (repeatable) is the other way to shrink the change, TIES-merging's trim step: final = base +
+S x (the largest fraction P of phase 2's weight changes by magnitude, per tensor; the rest zero), held-out
+ratio and branch gains as above.
 """
 
 from __future__ import annotations
@@ -81,6 +85,25 @@ def merge(
     return out
 
 
+def trim(
+    base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], keep: float, scale: float
+) -> dict[str, torch.Tensor]:
+    """base + scale x (tuned - base) with all but the largest `keep` fraction of each tensor's changes
+    (by magnitude) set to zero, in fp32, in the tuned dtype."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in tuned.items():
+        b = base[name]
+        if torch.equal(b.to(t.dtype), t):
+            out[name] = t
+            continue
+        delta = t.float() - b.float()
+        k = max(1, int(delta.numel() * keep))
+        threshold = delta.abs().flatten().kthvalue(delta.numel() - k + 1).values
+        delta = torch.where(delta.abs() >= threshold, delta, torch.zeros_like(delta))
+        out[name] = (b.float() + scale * delta).to(t.dtype).contiguous()
+    return out
+
+
 def _branch(model: Path, run: Path, out: Path) -> dict[str, float]:
     cmd = [
         sys.executable,
@@ -114,6 +137,8 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True, help="a finished `labalign run` directory")
     parser.add_argument("--mix", type=_pair, action="append", default=[], help="w1,w2 (repeatable)")
     parser.add_argument("--branch", type=_pair, action="append", default=[], help="w1,w2 also evaluated")
+    parser.add_argument("--trim", type=_pair, action="append", default=[], help="P,S (repeatable)")
+    parser.add_argument("--trim-branch", action="store_true", help="also evaluate each --trim")
     parser.add_argument("--work", type=Path, default=Path("runs/phase_interpolation"))
     args = parser.parse_args()
     run: Path = args.run
@@ -128,31 +153,34 @@ def main() -> None:
     )
     from transformers import AutoModelForCausalLM
 
-    mixes = list(dict.fromkeys([*args.mix, *args.branch])) or [(1.0, 1.0)]
+    mixes: list[tuple[str, float, float]] = [
+        ("mix", w1, w2) for w1, w2 in dict.fromkeys([*args.mix, *args.branch])
+    ] + [("trim", p, scale) for p, scale in args.trim]
+    mixes = mixes or [("mix", 1.0, 1.0)]
     print(
         f"{'w1':>5} {'w2':>5} {'held-out ratio':>15}  branch token-F1 gains (W = w1 = w2 is the run's merge)"
     )
-    for w1, w2 in mixes:
+    for kind, w1, w2 in mixes:
         start = time.perf_counter()
-        model_dir = args.work / f"w{w1:g}_{w2:g}"
+        model_dir = args.work / (f"w{w1:g}_{w2:g}" if kind == "mix" else f"trim{w1:g}_{w2:g}")
         shutil.copytree(
             run / "train" / "phase2" / "best",
             model_dir,
             dirs_exist_ok=True,
             ignore=shutil.ignore_patterns("*.safetensors"),
         )
-        save_file(
-            merge(base_w, p1_w, p2_w, w1, w2), str(model_dir / "model.safetensors"), metadata={"format": "pt"}
-        )
+        weights = merge(base_w, p1_w, p2_w, w1, w2) if kind == "mix" else trim(base_w, p2_w, w1, w2)
+        save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
         model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
         model.eval()
         ratio = general.ratio(mean_nll(model, general, bf16=bf16))
         del model
         gains = ""
-        if (w1, w2) in args.branch:
+        if (kind == "mix" and (w1, w2) in args.branch) or (kind == "trim" and args.trim_branch):
             scores = _branch(model_dir, run, model_dir / "eval")
             gains = ", ".join(f"{leaf} {gain:+.3f}" for leaf, gain in scores.items())
-        print(f"{w1:5g} {w2:5g} {ratio:15.4f}  {gains}  ({time.perf_counter() - start:.0f} s)", flush=True)
+        label = f"{w1:5g} {w2:5g}" if kind == "mix" else f"trim {w1:g} x {w2:g}".rjust(11)
+        print(f"{label} {ratio:15.4f}  {gains}  ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
