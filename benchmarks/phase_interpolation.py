@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,21 @@ def _held_out_slice(run: Path, base: Path, s: TrainSettings) -> GeneralValidatio
     return general
 
 
+def _each_changed(
+    base: dict[str, torch.Tensor],
+    tuned: dict[str, torch.Tensor],
+    combine: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """`combine(name, base fp32, tuned fp32)` for every tensor training changed, in the tuned dtype;
+    frozen tensors as they are."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in tuned.items():
+        b = base[name]
+        same = torch.equal(b.to(t.dtype), t)
+        out[name] = t if same else combine(name, b.float(), t.float()).to(t.dtype).contiguous()
+    return out
+
+
 def merge(
     base: dict[str, torch.Tensor],
     p1: dict[str, torch.Tensor],
@@ -74,15 +90,12 @@ def merge(
     w2: float,
 ) -> dict[str, torch.Tensor]:
     """base + w1 (p1 - base) + w2 (p2 - p1) in fp32, in the tuned dtype (frozen tensors as they are)."""
-    out: dict[str, torch.Tensor] = {}
-    for name, t2 in p2.items():
-        b = base[name]
-        if torch.equal(b.to(t2.dtype), t2):
-            out[name] = t2
-            continue
-        b32, t1, t2f = b.float(), p1[name].float(), t2.float()
-        out[name] = (b32 + w1 * (t1 - b32) + w2 * (t2f - t1)).to(t2.dtype).contiguous()
-    return out
+
+    def combine(name: str, b: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
+        t1 = p1[name].float()
+        return b + w1 * (t1 - b) + w2 * (t2 - t1)
+
+    return _each_changed(base, p2, combine)
 
 
 def trim(
@@ -90,18 +103,14 @@ def trim(
 ) -> dict[str, torch.Tensor]:
     """base + scale x (tuned - base) with all but the largest `keep` fraction of each tensor's changes
     (by magnitude) set to zero, in fp32, in the tuned dtype."""
-    out: dict[str, torch.Tensor] = {}
-    for name, t in tuned.items():
-        b = base[name]
-        if torch.equal(b.to(t.dtype), t):
-            out[name] = t
-            continue
-        delta = t.float() - b.float()
+
+    def combine(_: str, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        delta = t - b
         k = max(1, int(delta.numel() * keep))
         threshold = delta.abs().flatten().kthvalue(delta.numel() - k + 1).values
-        delta = torch.where(delta.abs() >= threshold, delta, torch.zeros_like(delta))
-        out[name] = (b.float() + scale * delta).to(t.dtype).contiguous()
-    return out
+        return b + scale * torch.where(delta.abs() >= threshold, delta, torch.zeros_like(delta))
+
+    return _each_changed(base, tuned, combine)
 
 
 def _branch(model: Path, run: Path, out: Path) -> dict[str, float]:
