@@ -21,6 +21,7 @@ labalign's, only a measure of what question quality is worth.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from forgetting_tradeoff import ROOT, _prepare
+from phase_interpolation import answer_heldout
 
 from labalign.evaluate.stats import paired_delta
 
@@ -46,7 +48,7 @@ def _add_questions(run: Path, questions: list[dict[str, str]]) -> int:
     template = next(r for r in records if r["metadata"].get("leaf") == LEAF)
     with phase1.open("a") as f:
         for i, q in enumerate(questions):
-            record = json.loads(json.dumps(template))
+            record = copy.deepcopy(template)
             record["id"] = f"ceiling-{i}"
             record["messages"] = [
                 {"role": "user", "content": q["question"]},
@@ -61,10 +63,7 @@ def _answers_at_w1(run: Path, taxonomy: Path) -> Path:
     """Phase 2's best (before the merge) answering the held-out questions, as the run's evaluation does."""
     out = run / "eval_w1"
     if not (out / "branch_answers.jsonl").is_file():
-        base = json.loads((run / "train" / "run.json").read_text())["model"]
-        cmd = [sys.executable, "-m", "labalign", "evaluate", "branch", str(taxonomy), "--model"]
-        cmd += [str(run / "train" / "phase2" / "best"), "--base", base, "--no-seeds", "--max-tokens", "96"]
-        subprocess.run([*cmd, "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+        answer_heldout(run / "train" / "phase2" / "best", run, out, taxonomy)
     return out / "branch_answers.jsonl"
 
 

@@ -113,27 +113,19 @@ def trim(
     return _each_changed(base, tuned, combine)
 
 
+def answer_heldout(
+    model: Path, run: Path, out: Path, taxonomy: Path = ROOT / "examples" / "taxonomy"
+) -> None:
+    """`labalign evaluate branch` of `model` against the run's base, with the run's evaluation settings
+    (its generated held-out questions, no seeds, 96 tokens): OUT/branch.json and branch_answers.jsonl."""
+    base = json.loads((run / "train" / "run.json").read_text())["model"]
+    cmd = [sys.executable, "-m", "labalign", "evaluate", "branch", str(taxonomy), "--model", str(model)]
+    cmd += ["--base", base, "--data", str(run / "data"), "--no-seeds", "--max-tokens", "96"]
+    subprocess.run([*cmd, "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+
+
 def _branch(model: Path, run: Path, out: Path) -> dict[str, float]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "labalign",
-        "evaluate",
-        "branch",
-        str(ROOT / "examples" / "taxonomy"),
-        "--model",
-        str(model),
-        "--base",
-        json.loads((run / "train" / "run.json").read_text())["model"],
-        "--data",
-        str(run / "data"),
-        "--no-seeds",
-        "--max-tokens",
-        "96",
-        "--out",
-        str(out),
-    ]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    answer_heldout(model, run, out)
     result = load_result(out, "branch")
     assert isinstance(result, BranchResult)
     return {row.leaf.rsplit("/", 1)[-1]: row.delta.f1.mean for row in result.leaves if row.delta is not None}

@@ -238,20 +238,21 @@ def report(ctx: RunContext) -> ReportSummary:
     gguf = None
     quant = ctx.settings.train.export_gguf
     final = ctx.run_dir / TRAIN / "final"
-    if quant is not None and not final.exists():
-        pass  # training never finished (a run stopped earlier): nothing to export, and nothing to warn of
-    elif quant is not None and not (final / "config.json").is_file():
-        ctx.console.print(
-            f"warning: no GGUF export: {final} is not a full model (a LoRA adapter? set train.merge_lora)",
-            markup=False,
-            highlight=False,
-        )
-    elif quant is not None:
-        from labalign.export import Quant, export_gguf
+    # No final/ (a run stopped before training ended): nothing to export, and nothing to warn of.
+    if quant is not None and final.exists():
+        if not (final / "config.json").is_file():
+            ctx.console.print(
+                f"warning: no GGUF export: {final} is not a full model "
+                "(a LoRA adapter? set train.merge_lora)",
+                markup=False,
+                highlight=False,
+            )
+        else:
+            from labalign.export import Quant, export_gguf
 
-        ctx.console.print(f"exporting {final} to GGUF ({quant})", highlight=False)
-        result = export_gguf(final, ctx.run_dir / TRAIN / "final.gguf", Quant(quant))
-        gguf = GgufExport(path=str(result.path), quant=str(result.quant), bytes=result.bytes)
+            ctx.console.print(f"exporting {final} to GGUF ({quant})", highlight=False)
+            result = export_gguf(final, ctx.run_dir / TRAIN / "final.gguf", Quant(quant))
+            gguf = GgufExport(path=str(result.path), quant=str(result.quant), bytes=result.bytes)
     return ReportSummary(report=str(render_report(ctx.run_dir)), gguf=gguf)
 
 
